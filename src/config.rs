@@ -1,0 +1,1 @@
+//! TOML configuration (`config/rebound.toml`); unknown keys are errors.

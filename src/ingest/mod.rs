@@ -1,0 +1,1 @@
+//! Sources of raw messages: files, directories, Maildir, mbox, stdin, and the LMTP listener.

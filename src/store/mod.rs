@@ -1,0 +1,1 @@
+//! Storage with sqlx: SQLite (the embedded default) and Postgres, migrations in `migrations/`.
