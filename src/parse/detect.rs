@@ -1,0 +1,279 @@
+//! Decides what a message is and hands it to the right reader: ARF feedback report, RFC 3464 DSN, Amazon
+//! SES notification, RFC 3834 auto-reply, free-text bounce, or `unparsed` with the reason.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use mail_parser::{Message, MessageParser};
+
+use super::fields::blocks;
+use super::freetext::{self, Context};
+use super::mime::{self, Walk, first_address};
+use super::text::{clean_address, collapse_ws, contains_ci};
+use super::{FeedbackReport, Kind, OriginalMessage, Parsed, Recipient, arf, autoreply, dsn, ses};
+
+/// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
+const MAX_SUMMARY: usize = 500;
+
+fn parser() -> &'static MessageParser {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    PARSER.get_or_init(MessageParser::default)
+}
+
+/// Whether the input looks like binary data rather than a mail message: many control bytes at its start.
+fn is_binary(raw: &[u8]) -> bool {
+    let sample = &raw[..raw.len().min(2048)];
+    let controls = sample
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b)) || b == 0x7f)
+        .count();
+    controls * 10 > sample.len()
+}
+
+/// CR-only files (old Mac line ends) become LF so the MIME parser sees lines; other input is used as is.
+fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\n', raw).is_none() && memchr::memchr(b'\r', raw).is_some() {
+        Cow::Owned(raw.iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect())
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+fn summary(text: &str) -> Option<String> {
+    let paragraph: Vec<&str> =
+        super::text::lines(text).skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).collect();
+    let mut s = collapse_ws(&paragraph.join(" "));
+    if s.len() > MAX_SUMMARY {
+        let mut end = MAX_SUMMARY;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    Some(s).filter(|s| !s.is_empty())
+}
+
+/// Parses one raw message. Never panics on any input (the caller adds a last-resort guard).
+pub(crate) fn parse(raw: &[u8]) -> Parsed {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::unparsed("empty message");
+    }
+    if is_binary(raw) {
+        return Parsed::unparsed("binary data, not a mail message");
+    }
+    let data = normalise_line_ends(raw);
+    let Some(message) = parser().parse(data.as_ref()) else {
+        return Parsed::unparsed("no message headers found");
+    };
+    if message.headers().is_empty() {
+        return Parsed::unparsed("no message headers found");
+    }
+    let mut parsed = Parsed {
+        kind: Kind::Unparsed,
+        message_id: message.message_id().map(str::to_string),
+        from: first_address(message.from()),
+        subject: message.subject().map(str::to_string),
+        date: message.header_raw("Date").map(|d| d.trim().to_string()),
+        original: None,
+        recipients: Vec::new(),
+        feedback: None,
+        parse_error: None,
+    };
+    let mut walk = mime::walk(&message);
+    if walk.original.is_none() {
+        original_from_inline_copy(&mut walk);
+    }
+    parsed.original = walk.original.clone();
+
+    if let Some(report) = feedback_report(&message, &data, &walk) {
+        parsed.kind = Kind::Arf;
+        parsed.recipients.push(arf_recipient(&report, &walk, &message));
+        parsed.feedback = Some(report);
+        return parsed;
+    }
+
+    let texts: Vec<&str> = walk.texts.iter().map(|t| t.as_ref()).collect();
+    let joined = texts.join("\n");
+
+    if !walk.delivery_status.is_empty() {
+        let mut recipients = dsn::recipients(&walk.delivery_status);
+        if !recipients.is_empty() {
+            complete_from_text(&mut recipients, &joined);
+            parsed.kind = Kind::Dsn;
+            parsed.recipients = recipients;
+            return parsed;
+        }
+        parsed.parse_error = Some("delivery-status part without recipient fields; read the text instead".into());
+    }
+
+    if contains_ci(&joined, "\"notificationtype\"")
+        && let Some(recipients) = ses::recipients(&joined)
+    {
+        parsed.kind = Kind::Bounce;
+        parsed.recipients = recipients;
+        return parsed;
+    }
+
+    let bounce_markers = autoreply::from_mail_system(&message)
+        || parsed.subject.as_deref().is_some_and(autoreply::bounce_subject)
+        || walk.report_type.as_deref() == Some("delivery-status");
+
+    if !bounce_markers && autoreply::is_autoreply(&message) {
+        parsed.kind = Kind::Autoreply;
+        let responder = parsed.from.clone().or_else(|| message.return_address().map(str::to_string));
+        if let Some(addr) = responder.as_deref().and_then(clean_address) {
+            parsed.recipients.push(Recipient { recipient: addr, diagnostic: summary(&joined), ..Recipient::default() });
+        }
+        return parsed;
+    }
+
+    if dsn::looks_like_dsn_fields(&joined) {
+        let mut recipients = dsn::recipients(&[joined.as_str()]);
+        if !recipients.is_empty() {
+            complete_from_text(&mut recipients, &joined);
+            parsed.kind = Kind::Bounce;
+            parsed.recipients = recipients;
+            return parsed;
+        }
+    }
+
+    let ctx = context(&message, &walk);
+    let mut recipients = freetext::recipients(&joined, &ctx, !bounce_markers);
+    if recipients.is_empty() && bounce_markers {
+        // A bounce that names nobody in its text: the returned message's recipients are the failed ones.
+        if let Some(to) = walk.original_recipients.first() {
+            let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
+            let lines = freetext::bounce_lines(&joined);
+            let global = summary(&lines.join("\n"));
+            freetext::fill_codes(&mut r, global, &[], None);
+            recipients.push(r);
+        }
+    }
+    let has_codes = recipients.iter().any(|r| r.status.is_some() || r.reply_code.is_some());
+    if !recipients.is_empty() && (bounce_markers || has_codes) {
+        parsed.kind = Kind::Bounce;
+        parsed.recipients = recipients;
+        return parsed;
+    }
+    parsed.parse_error = Some("no delivery status, feedback report, auto-reply or bounce text found".into());
+    parsed
+}
+
+/// The ARF report, from a message/feedback-report part, a text part holding the fields, or a bare feedback
+/// block sent as the message itself (its header block holds the fields).
+fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Option<FeedbackReport> {
+    let has_original = walk.original_raw.is_some();
+    if let Some(text) = &walk.feedback {
+        return arf::parse_fields(text, has_original);
+    }
+    if message.header_raw("Feedback-Type").is_some() {
+        let text = String::from_utf8_lossy(data);
+        let header_block = blocks(&text).into_iter().next()?;
+        return arf::report_from(header_block, has_original);
+    }
+    if walk.report_type.as_deref() == Some("feedback-report") || walk.texts.len() > 1 {
+        let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
+        return arf::parse_fields(text, has_original);
+    }
+    None
+}
+
+/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's To, else
+/// the reported domain, else the report's own To.
+fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Recipient {
+    let recipient = report
+        .original_rcpt_to
+        .iter()
+        .find_map(|r| clean_address(r))
+        .or_else(|| walk.original.as_ref().and_then(|o| o.to.clone()))
+        .or_else(|| report.reported_domains.first().cloned())
+        .or_else(|| first_address(message.to()))
+        .unwrap_or_default();
+    Recipient {
+        recipient,
+        diagnostic: walk.texts.first().and_then(|t| summary(t)).or_else(|| Some(report.feedback_type.clone())),
+        reporting_mta: report.reporting_mta.as_deref().map(|m| super::fields::split_typed(m).1.to_string()),
+        arrival_date: report.arrival_date.clone(),
+        ..Recipient::default()
+    }
+}
+
+/// Reads the headers of a returned message copied inline into the bounce text (qmail, Exim, Sendmail).
+fn original_from_inline_copy(walk: &mut Walk<'_>) {
+    let mut found: Option<(OriginalMessage, Vec<String>, Vec<String>)> = None;
+    for text in &walk.texts {
+        let lines: Vec<&str> = super::text::lines(text).collect();
+        let kept = freetext::bounce_lines(text).len();
+        if kept >= lines.len() {
+            continue;
+        }
+        let copy = lines[kept..].join("\n");
+        if let Some(m) = parser().parse_headers(copy.as_bytes()) {
+            let mut to = Vec::new();
+            let mut senders = Vec::new();
+            for a in m.to().into_iter().chain(m.cc()).flat_map(|a| a.iter()) {
+                to.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+            }
+            for a in m.from().into_iter().chain(m.sender()).flat_map(|a| a.iter()) {
+                senders.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+            }
+            senders.extend(m.return_address().map(str::to_ascii_lowercase));
+            let original = OriginalMessage {
+                message_id: m.message_id().map(str::to_string),
+                from: first_address(m.from()),
+                to: first_address(m.to()),
+                subject: m.subject().map(str::to_string),
+            };
+            if original != OriginalMessage::default() {
+                found = Some((original, to, senders));
+                break;
+            }
+        }
+    }
+    if let Some((original, to, senders)) = found {
+        walk.original = Some(original);
+        walk.original_recipients = to;
+        walk.original_senders = senders;
+    }
+}
+
+/// Addresses to leave out (the report's addressee and envelope, the original sender) and to favour (the
+/// returned message's recipients) when reading free text.
+fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
+    let mut exclude: HashSet<String> = walk.original_senders.iter().cloned().collect();
+    for a in message.to().into_iter().flat_map(|a| a.iter()) {
+        exclude.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+    }
+    for a in message.from().into_iter().flat_map(|a| a.iter()) {
+        exclude.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+    }
+    for name in ["Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To"] {
+        if let Some(v) = message.header_raw(name).and_then(clean_address) {
+            exclude.insert(v.to_ascii_lowercase());
+        }
+    }
+    let hints: HashSet<String> = walk.original_recipients.iter().filter(|r| !exclude.contains(*r)).cloned().collect();
+    Context { exclude, hints }
+}
+
+/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text.
+fn complete_from_text(recipients: &mut [Recipient], text: &str) {
+    if text.trim().is_empty() {
+        return;
+    }
+    for r in recipients.iter_mut() {
+        let needs = r.diagnostic.is_none() || (r.reply_code.is_none() && r.status.is_none()) || r.smtp_command.is_none();
+        if !needs {
+            continue;
+        }
+        let blocks = freetext::blocks_for(text, &r.recipient);
+        let best = blocks.iter().find(|b| smtp_code_in(b)).or_else(|| blocks.first()).cloned();
+        let diagnostic = if r.diagnostic.is_none() { best } else { None };
+        freetext::fill_codes(r, diagnostic, &blocks, None);
+    }
+}
+
+fn smtp_code_in(text: &str) -> bool {
+    super::smtp::reply_code(text).is_some() || super::smtp::enhanced_status(text).is_some()
+}
