@@ -32,7 +32,10 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
     let mut saw_type = false;
     for f in &fields {
         let v = f.value.trim();
-        let one = || Some(v.to_string()).filter(|s| !s.is_empty());
+        // Single fields are kept as written, even empty (`Original-Mail-From:` with nothing is a null sender);
+        // repeated fields only add non-empty values.
+        let one = || Some(v.to_string());
+        let many = || Some(v.to_string()).filter(|s| !s.is_empty());
         match f.name.to_ascii_lowercase().as_str() {
             "feedback-type" => {
                 saw_type = true;
@@ -43,10 +46,10 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
             "auth-failure" => r.auth_failure = Some(v.to_ascii_lowercase()).filter(|s| !s.is_empty()),
             "source-ip" => r.source_ip = v.split_whitespace().next().map(|ip| ip.trim_matches(['[', ']']).to_string()),
             "source-port" => r.source_port = v.parse().ok(),
-            "reported-domain" => r.reported_domains.extend(one()),
-            "reported-uri" => r.reported_uris.extend(one()),
+            "reported-domain" => r.reported_domains.extend(many()),
+            "reported-uri" => r.reported_uris.extend(many()),
             "original-mail-from" => r.original_mail_from = one(),
-            "original-rcpt-to" => r.original_rcpt_to.extend(one()),
+            "original-rcpt-to" => r.original_rcpt_to.extend(many()),
             "original-envelope-id" => r.original_envelope_id = one(),
             // Received-Date is the pre-RFC 5965 draft's name for Arrival-Date.
             "arrival-date" => r.arrival_date = one(),
@@ -59,14 +62,14 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
             "delivery-result" => r.delivery_result = one(),
             "identity-alignment" => r.identity_alignment = one(),
             "incidents" => r.incidents = v.parse().ok(),
-            "authentication-results" => r.authentication_results.extend(one()),
+            "authentication-results" => r.authentication_results.extend(many()),
             "dkim-domain" => r.dkim_domain = one(),
             "dkim-identity" => r.dkim_identity = one(),
             "dkim-selector" => r.dkim_selector = one(),
             "dkim-canonicalized-header" => r.dkim_canonicalized_header = one(),
             "dkim-canonicalized-body" => r.dkim_canonicalized_body = one(),
             "dkim-selector-dns" => r.dkim_selector_dns = one(),
-            "spf-dns" => r.spf_dns.extend(one()),
+            "spf-dns" => r.spf_dns.extend(many()),
             _ => {}
         }
     }

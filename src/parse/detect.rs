@@ -11,7 +11,7 @@ use super::fields::blocks;
 use super::freetext::{self, Context};
 use super::mime::{self, Walk, first_address};
 use super::text::{clean_address, collapse_ws, contains_ci};
-use super::{FeedbackReport, Kind, OriginalMessage, Parsed, Recipient, arf, autoreply, dsn, ses};
+use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
 
 /// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
 const MAX_SUMMARY: usize = 500;
@@ -145,8 +145,7 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
         if let Some(to) = walk.original_recipients.first() {
             let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
             let lines = freetext::bounce_lines(&joined);
-            let global = summary(&lines.join("\n"));
-            freetext::fill_codes(&mut r, global, &[], None);
+            freetext::fill_codes(&mut r, freetext::global_diagnostic(&lines), &[], None);
             recipients.push(r);
         }
     }
@@ -201,60 +200,33 @@ fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>
 
 /// Reads the headers of a returned message copied inline into the bounce text (qmail, Exim, Sendmail).
 fn original_from_inline_copy(walk: &mut Walk<'_>) {
-    let mut found: Option<(OriginalMessage, Vec<String>, Vec<String>)> = None;
-    for text in &walk.texts {
-        let lines: Vec<&str> = super::text::lines(text).collect();
-        let kept = freetext::bounce_lines(text).len();
-        if kept >= lines.len() {
-            continue;
+    let copies: Vec<String> = walk
+        .texts
+        .iter()
+        .filter_map(|text| {
+            let lines: Vec<&str> = super::text::lines(text).collect();
+            let kept = freetext::bounce_lines(text).len();
+            (kept < lines.len()).then(|| lines[kept..].join("\n"))
+        })
+        .collect();
+    for copy in copies {
+        if let Some(m) = parser().parse_headers(copy.as_bytes())
+            && mime::read_original(&m, walk)
+        {
+            break;
         }
-        let copy = lines[kept..].join("\n");
-        if let Some(m) = parser().parse_headers(copy.as_bytes()) {
-            let mut to = Vec::new();
-            let mut senders = Vec::new();
-            for a in m.to().into_iter().chain(m.cc()).flat_map(|a| a.iter()) {
-                to.extend(a.address.as_deref().map(str::to_ascii_lowercase));
-            }
-            for a in m.from().into_iter().chain(m.sender()).flat_map(|a| a.iter()) {
-                senders.extend(a.address.as_deref().map(str::to_ascii_lowercase));
-            }
-            senders.extend(m.return_address().map(str::to_ascii_lowercase));
-            let original = OriginalMessage {
-                message_id: m.message_id().map(str::to_string),
-                from: first_address(m.from()),
-                to: first_address(m.to()),
-                subject: m.subject().map(str::to_string),
-            };
-            if original != OriginalMessage::default() {
-                found = Some((original, to, senders));
-                break;
-            }
-        }
-    }
-    if let Some((original, to, senders)) = found {
-        walk.original = Some(original);
-        walk.original_recipients = to;
-        walk.original_senders = senders;
     }
 }
 
-/// Addresses to leave out (the report's addressee and envelope, the original sender) and to favour (the
-/// returned message's recipients) when reading free text.
+/// Addresses that are probably not the failed recipient (the report's addressee, the original sender) and
+/// addresses to favour (the returned message's recipients) when reading free text.
 fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
-    let mut exclude: HashSet<String> = walk.original_senders.iter().cloned().collect();
-    for a in message.to().into_iter().flat_map(|a| a.iter()) {
-        exclude.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+    let mut sender_side: HashSet<String> = walk.original_senders.iter().cloned().collect();
+    for a in message.to().into_iter().chain(message.from()).flat_map(|a| a.iter()) {
+        sender_side.extend(a.address.as_deref().map(str::to_ascii_lowercase));
     }
-    for a in message.from().into_iter().flat_map(|a| a.iter()) {
-        exclude.extend(a.address.as_deref().map(str::to_ascii_lowercase));
-    }
-    for name in ["Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To"] {
-        if let Some(v) = message.header_raw(name).and_then(clean_address) {
-            exclude.insert(v.to_ascii_lowercase());
-        }
-    }
-    let hints: HashSet<String> = walk.original_recipients.iter().filter(|r| !exclude.contains(*r)).cloned().collect();
-    Context { exclude, hints }
+    let hints: HashSet<String> = walk.original_recipients.iter().filter(|r| !sender_side.contains(*r)).cloned().collect();
+    Context { sender_side, hints }
 }
 
 /// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text.

@@ -24,8 +24,9 @@ const MAX_DIAGNOSTIC: usize = 2000;
 /// What the caller knows about the addresses around the bounce.
 #[derive(Debug, Default)]
 pub(crate) struct Context {
-    /// Addresses that are never the failed recipient (the report's To/envelope, the original sender), lowercase.
-    pub exclude: HashSet<String>,
+    /// Addresses of the sender side (the report's To and From, the original From/Sender/Return-Path),
+    /// lowercase. Scored down, not excluded: people do send to themselves.
+    pub sender_side: HashSet<String>,
     /// Recipients of the returned message (To/Cc), lowercase: likely the failed ones.
     pub hints: HashSet<String>,
 }
@@ -51,7 +52,7 @@ const SENDER_LINE_PREFIXES: &[&str] = &[
     ">>> mail from", "x-postfix-sender:", "original-mail-from:", "x-sender:",
 ];
 const SENDER_WORDS: &[&str] = &[
-    "sender", "sent by", "originator", "return-path", "mail from", "http://", "https://", "unsubscribe",
+    "sender", "sent by", "originator", "return-path", "mail from", "unsubscribe",
     "contact your", "please contact", "reply to", "envelope-from", "from:",
 ];
 const RECIPIENT_WORDS: &[&str] = &[
@@ -181,7 +182,7 @@ fn truncate(mut s: String) -> String {
 
 /// The first paragraph that carries an SMTP reply or status code, else the first non-empty paragraph:
 /// the bounce's own explanation, used for recipients whose block says nothing.
-fn global_diagnostic(lines: &[&str]) -> Option<String> {
+pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     let mut paragraphs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (i, l) in lines.iter().enumerate() {
@@ -233,10 +234,13 @@ pub(crate) fn recipients(text: &str, ctx: &Context, strict: bool) -> Vec<Recipie
         for m in find_addresses(line) {
             let key = m.addr.to_ascii_lowercase();
             let local = key.split('@').next().unwrap_or("");
-            if ctx.exclude.contains(&key) || matches!(local, "mailer-daemon" | "mailer_daemon") {
+            if matches!(local, "mailer-daemon" | "mailer_daemon") {
                 continue;
             }
             let mut score = score_mention(&lines, idx, m.start, m.end);
+            if ctx.sender_side.contains(&key) {
+                score -= 4;
+            }
             if ctx.hints.contains(&key) {
                 score += 2;
             }
@@ -338,8 +342,8 @@ pub(crate) fn blocks_for(text: &str, addr: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn ctx(exclude: &[&str]) -> Context {
-        Context { exclude: exclude.iter().map(|s| s.to_string()).collect(), hints: HashSet::new() }
+    fn ctx(sender_side: &[&str]) -> Context {
+        Context { sender_side: sender_side.iter().map(|s| s.to_string()).collect(), hints: HashSet::new() }
     }
 
     #[test]

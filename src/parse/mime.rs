@@ -84,29 +84,42 @@ fn cap(text: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-/// Reads the Message-ID, From, To and Subject of a returned message (or a header block).
-fn original_from_message(m: &Message<'_>, walk: &mut Walk<'_>) {
+/// Reads the Message-ID, From, To and Subject of a returned message (or a header block), its recipients
+/// (To, Cc, then the `for` clauses of its Received fields) and its sender addresses (From, Sender,
+/// Return-Path). Returns `false` when the block has none of the four headers.
+pub(crate) fn read_original(m: &Message<'_>, walk: &mut Walk<'_>) -> bool {
     let original = OriginalMessage {
         message_id: m.message_id().map(str::to_string),
         from: first_address(m.from()),
         to: first_address(m.to()),
         subject: m.subject().map(str::to_string),
     };
-    all_addresses(m.to(), &mut walk.original_recipients);
-    all_addresses(m.cc(), &mut walk.original_recipients);
-    all_addresses(m.from(), &mut walk.original_senders);
-    all_addresses(m.sender(), &mut walk.original_senders);
+    if original == OriginalMessage::default() {
+        return false;
+    }
+    let mut recipients = Vec::new();
+    all_addresses(m.to(), &mut recipients);
+    all_addresses(m.cc(), &mut recipients);
+    for received in m.received_all() {
+        if let Some(addr) = received.for_.as_deref().and_then(super::text::clean_address) {
+            recipients.push(addr.to_ascii_lowercase());
+        }
+    }
+    let mut senders = Vec::new();
+    all_addresses(m.from(), &mut senders);
+    all_addresses(m.sender(), &mut senders);
     if let Some(rp) = m.return_address() {
-        walk.original_senders.push(rp.to_ascii_lowercase());
+        senders.push(rp.to_ascii_lowercase());
     }
-    if original != OriginalMessage::default() {
-        walk.original = Some(original);
-    }
+    walk.original = Some(original);
+    walk.original_recipients = recipients;
+    walk.original_senders = senders;
+    true
 }
 
 fn original_from_header_text(text: &str, walk: &mut Walk<'_>) {
     if let Some(m) = MessageParser::default().parse_headers(text.as_bytes()) {
-        original_from_message(&m, walk);
+        read_original(&m, walk);
     }
 }
 
@@ -134,7 +147,7 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
             }
             (_, _, PartType::Message(m)) => {
                 if walk.original.is_none() {
-                    original_from_message(m, &mut walk);
+                    read_original(m, &mut walk);
                     walk.original_raw = Some(cap(String::from_utf8_lossy(m.raw_message())));
                 }
             }

@@ -79,8 +79,10 @@ pub(crate) struct AddrMatch {
     pub addr: String,
 }
 
+/// Characters of a local part as they occur in practice (RFC 5321 allows more; `/`, `?`, `&` would drag in
+/// URL parts).
 fn is_local_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"._%+-=!#$&'*/?^`{|}~".contains(&b)
+    b.is_ascii_alphanumeric() || b"._%+-='!#$".contains(&b)
 }
 
 fn is_domain_char(b: u8) -> bool {
@@ -100,8 +102,12 @@ pub(crate) fn find_addresses(text: &str) -> Vec<AddrMatch> {
             start -= 1;
         }
         // Drop leading dots and quote-like punctuation a sentence may put before an address.
-        while start < at && matches!(bytes[start], b'.' | b'\'' | b'`' | b'/' | b'=' | b'?') {
+        while start < at && matches!(bytes[start], b'.' | b'\'' | b'=') {
             start += 1;
+        }
+        // An address inside a URL (`?Endpoint=a@b`, `/a@b`) is a parameter, not a mention.
+        if start > 0 && matches!(bytes[start - 1], b'/' | b'?' | b'&') {
+            continue;
         }
         let mut end = at + 1;
         while end < bytes.len() && is_domain_char(bytes[end]) {
