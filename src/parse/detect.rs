@@ -145,7 +145,7 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
         if let Some(to) = walk.original_recipients.first() {
             let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
             let lines = freetext::bounce_lines(&joined);
-            freetext::fill_codes(&mut r, freetext::global_diagnostic(&lines), &[], None);
+            freetext::fill_codes(&mut r, freetext::global_diagnostic(&lines), &[], None, true);
             recipients.push(r);
         }
     }
@@ -241,8 +241,9 @@ fn complete_from_text(recipients: &mut [Recipient], text: &str) {
         }
         let blocks = freetext::blocks_for(text, &r.recipient);
         let best = blocks.iter().find(|b| smtp_code_in(b)).or_else(|| blocks.first()).cloned();
-        let diagnostic = if r.diagnostic.is_none() { best } else { None };
-        freetext::fill_codes(r, diagnostic, &blocks, None);
+        let from_text = r.diagnostic.is_none();
+        let diagnostic = if from_text { best } else { None };
+        freetext::fill_codes(r, diagnostic, &blocks, None, from_text);
     }
 }
 

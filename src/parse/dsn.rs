@@ -64,9 +64,8 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         None => (None, None),
     };
     let status_field = get(block, "Status").and_then(smtp::enhanced_status);
-    let diag_status = diagnostic.as_deref().and_then(smtp::enhanced_status);
+    let (reply_code, diag_status) = diagnostic.as_deref().map(smtp::codes).unwrap_or_default();
     let status = pick_status(status_field, diag_status);
-    let reply_code = diagnostic.as_deref().and_then(smtp::reply_code);
     let smtp_command = diagnostic.as_deref().and_then(smtp::smtp_command).map(str::to_string);
     Some(Recipient {
         recipient,
@@ -84,16 +83,11 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
     })
 }
 
-/// The Status field wins unless it is the unspecific `x.0.0` and the diagnostic names a precise code of
-/// the same class (RFC 3463 §3.1: `X.0.0` means "other or undefined").
+/// The remote server's own enhanced status, quoted in the diagnostic, wins over the Status field: the
+/// field is often the reporting MTA's summary (`5.0.0`, `4.4.7` for an expired message, a guess such as
+/// `5.1.1` for every 550), while the diagnostic carries the reason the remote end gave.
 pub(crate) fn pick_status(field: Option<String>, diagnostic: Option<String>) -> Option<String> {
-    match (field, diagnostic) {
-        (Some(f), Some(d)) if f.ends_with(".0.0") && !d.ends_with(".0.0") && f.as_bytes()[0] == d.as_bytes()[0] => {
-            Some(d)
-        }
-        (Some(f), _) => Some(f),
-        (None, d) => d,
-    }
+    diagnostic.or(field)
 }
 
 #[cfg(test)]
@@ -129,9 +123,9 @@ mod tests {
     }
 
     #[test]
-    fn precise_status_field_is_kept() {
-        assert_eq!(pick_status(Some("5.2.2".into()), Some("5.1.1".into())).as_deref(), Some("5.2.2"));
-        assert_eq!(pick_status(Some("4.0.0".into()), Some("5.1.1".into())).as_deref(), Some("4.0.0"));
+    fn the_remote_status_in_the_diagnostic_wins() {
+        assert_eq!(pick_status(Some("4.4.7".into()), Some("4.2.2".into())).as_deref(), Some("4.2.2"));
+        assert_eq!(pick_status(Some("5.0.0".into()), None).as_deref(), Some("5.0.0"));
         assert_eq!(pick_status(None, Some("4.4.1".into())).as_deref(), Some("4.4.1"));
     }
 }

@@ -295,26 +295,45 @@ pub(crate) fn recipients(text: &str, ctx: &Context, strict: bool) -> Vec<Recipie
             _ => global.clone(),
         };
         let mut r = Recipient { recipient: addr.clone(), ..Recipient::default() };
-        fill_codes(&mut r, diagnostic, &blocks, global.as_deref());
+        fill_codes(&mut r, diagnostic, &blocks, global.as_deref(), true);
         out.push(r);
     }
     out
 }
 
 /// Sets diagnostic, status, reply code and SMTP command from the chosen diagnostic, falling back to the
-/// recipient's other blocks and the bounce's global explanation.
-pub(crate) fn fill_codes(r: &mut Recipient, diagnostic: Option<String>, blocks: &[String], global: Option<&str>) {
+/// recipient's other blocks and the bounce's global explanation. Codes found in the text replace those
+/// already set only when `text_wins` (the text is the diagnostic the codes should agree with).
+pub(crate) fn fill_codes(
+    r: &mut Recipient,
+    diagnostic: Option<String>,
+    blocks: &[String],
+    global: Option<&str>,
+    text_wins: bool,
+) {
     let sources = diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
     let mut status = None;
     let mut reply = None;
     let mut command = None;
     for s in sources {
-        status = status.or_else(|| smtp::enhanced_status(s));
-        reply = reply.or_else(|| smtp::reply_code(s));
+        if status.is_none() || reply.is_none() {
+            let (rc, st) = smtp::codes(s);
+            if status.is_none() && st.is_some() {
+                status = st;
+                // A reply code goes with the status it was read with.
+                reply = reply.or(rc);
+            }
+            reply = reply.or(rc);
+        }
         command = command.or_else(|| smtp::smtp_command(s));
     }
-    r.status = r.status.take().or(status);
-    r.reply_code = r.reply_code.or(reply);
+    if text_wins {
+        r.status = status.or(r.status.take());
+        r.reply_code = reply.or(r.reply_code);
+    } else {
+        r.status = r.status.take().or(status);
+        r.reply_code = r.reply_code.or(reply);
+    }
     r.smtp_command = r.smtp_command.take().or(command.map(str::to_string));
     r.diagnostic = r.diagnostic.take().or(diagnostic);
 }

@@ -8,65 +8,96 @@ fn boundary_before(b: &[u8], i: usize, strict: bool) -> bool {
         || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' || (strict && matches!(b[i - 1], b'-' | b':')))
 }
 
+/// The enhanced status code starting at byte `i`, if one does (`class.subject.detail`, 1–3 digits each, not
+/// followed by more of a dotted number).
+fn status_at(b: &[u8], i: usize) -> Option<String> {
+    if !matches!(b.get(i), Some(b'2' | b'4' | b'5')) || b.get(i + 1) != Some(&b'.') {
+        return None;
+    }
+    let digits = |from: usize| {
+        let mut k = from;
+        while k < b.len() && b[k].is_ascii_digit() && k - from < 3 {
+            k += 1;
+        }
+        k
+    };
+    let j = digits(i + 2);
+    if j == i + 2 || b.get(j) != Some(&b'.') {
+        return None;
+    }
+    let k = digits(j + 1);
+    if k == j + 1 {
+        return None;
+    }
+    let ends_clean = match b.get(k) {
+        None => true,
+        Some(c) => !(c.is_ascii_alphanumeric() || (*c == b'.' && b.get(k + 1).is_some_and(u8::is_ascii_digit))),
+    };
+    // Only ASCII bytes were read, so the range is valid UTF-8.
+    ends_clean.then(|| b[i..k].iter().map(|&c| c as char).collect())
+}
+
 /// Finds the first RFC 3463 enhanced status code (`2.x.x`, `4.x.x`, `5.x.x`) in `text`. A dotted quad such
 /// as an IPv4 address is not a status code.
 pub(crate) fn enhanced_status(text: &str) -> Option<String> {
     let b = text.as_bytes();
-    let mut i = 0;
-    while i + 4 < b.len() {
-        let c = b[i];
-        if matches!(c, b'2' | b'4' | b'5') && b[i + 1] == b'.' && boundary_before(b, i, false) {
-            let mut j = i + 2;
-            let s = j;
-            while j < b.len() && b[j].is_ascii_digit() && j - s < 3 {
-                j += 1;
-            }
-            if j > s && j < b.len() && b[j] == b'.' && j - s <= 3 {
-                let d = j + 1;
-                let mut k = d;
-                while k < b.len() && b[k].is_ascii_digit() && k - d < 3 {
-                    k += 1;
-                }
-                let ends_clean = k == b.len()
-                    || !(b[k].is_ascii_alphanumeric() || (b[k] == b'.' && b.get(k + 1).is_some_and(u8::is_ascii_digit)));
-                if k > d && ends_clean {
-                    return Some(text[i..k].to_string());
-                }
-            }
-        }
-        i += 1;
+    (0..b.len()).find_map(|i| if boundary_before(b, i, false) { status_at(b, i) } else { None })
+}
+
+/// The reply code starting at byte `i`, if one stands there as its own token.
+fn reply_at(b: &[u8], i: usize) -> Option<u16> {
+    if i + 2 >= b.len()
+        || !matches!(b[i], b'2' | b'4' | b'5')
+        || !(b'0'..=b'5').contains(&b[i + 1])
+        || !b[i + 2].is_ascii_digit()
+        || !boundary_before(b, i, true)
+    {
+        return None;
     }
-    None
+    let ok = match b.get(i + 3) {
+        None => true,
+        // "550-5.7.1" and "550-Mailbox" are multi-line replies; "555-1234" is a phone number.
+        Some(b'-') => match (b.get(i + 4), b.get(i + 5)) {
+            (Some(d), Some(next)) if d.is_ascii_digit() => *next == b'.',
+            _ => true,
+        },
+        Some(c) => matches!(c, b' ' | b')' | b'\t' | b',' | b']' | b';'),
+    };
+    ok.then(|| u16::from(b[i] - b'0') * 100 + u16::from(b[i + 1] - b'0') * 10 + u16::from(b[i + 2] - b'0'))
 }
 
 /// Finds the first plausible SMTP reply code (2yz, 4yz, 5yz with y in 0..=5) standing as its own token, e.g.
 /// `550 `, `550-`, `#550`, `(550)`. Numbers inside longer numbers, dates or addresses are skipped.
 pub(crate) fn reply_code(text: &str) -> Option<u16> {
     let b = text.as_bytes();
-    let mut i = 0;
-    while i + 2 < b.len() {
-        if matches!(b[i], b'2' | b'4' | b'5')
-            && (b'0'..=b'5').contains(&b[i + 1])
-            && b[i + 2].is_ascii_digit()
-            && boundary_before(b, i, true)
-        {
-            let ok = match b.get(i + 3) {
-                None => true,
-                // "550-5.7.1" and "550-Mailbox" are multi-line replies; "555-1234" is a phone number.
-                Some(b'-') => match (b.get(i + 4), b.get(i + 5)) {
-                    (Some(d), Some(next)) if d.is_ascii_digit() => *next == b'.',
-                    _ => true,
-                },
-                Some(c) => matches!(c, b' ' | b')' | b'\t' | b',' | b']' | b';'),
-            };
-            if ok {
-                let code = u16::from(b[i] - b'0') * 100 + u16::from(b[i + 1] - b'0') * 10 + u16::from(b[i + 2] - b'0');
-                return Some(code);
-            }
+    (0..b.len()).find_map(|i| reply_at(b, i))
+}
+
+/// The reply code and enhanced status code that a diagnostic reports, read as a remote server's reply.
+///
+/// A diagnostic often quotes more than one reply: a transcript (`250 2.1.5 Ok … 451 4.3.0 Error`), a
+/// wrapper around the remote answer (`5.1.0 - Unknown address error 550-'5.2.2 Mailbox full'`,
+/// `554 4.4.7 Message expired <421 4.4.2 Connection timed out>`). The reply that explains the failure is the
+/// last failure reply (4yz/5yz) carrying an enhanced status; without one, the first status and the first
+/// reply code found are used.
+pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
+    let b = text.as_bytes();
+    let mut best: Option<(u16, String)> = None;
+    for pos in 0..b.len() {
+        let Some(code) = reply_at(b, pos).filter(|c| *c >= 400) else { continue };
+        // The enhanced status follows the reply code after separators: "550 5.1.1", "550-'5.2.2", "550 #5.7.1".
+        let mut j = pos + 3;
+        while j < b.len() && j < pos + 8 && matches!(b[j], b' ' | b'-' | b'\'' | b'"' | b'#' | b'(' | b'\t') {
+            j += 1;
         }
-        i += 1;
+        if let Some(status) = status_at(b, j) {
+            best = Some((code, status));
+        }
     }
-    None
+    match best {
+        Some((code, status)) => (Some(code), Some(status)),
+        None => (reply_code(text), enhanced_status(text)),
+    }
 }
 
 /// Which SMTP command the diagnostic answers, from the wording MTAs use ("in reply to RCPT TO command",
@@ -127,6 +158,26 @@ mod tests {
         assert_eq!(reply_code("#550 5.1.1 RESOLVER"), Some(550));
         assert_eq!(reply_code("no code 5.1.1 here"), None);
         assert_eq!(reply_code("phone 555-1234"), None);
+    }
+
+    #[test]
+    fn codes_take_the_failure_reply_that_explains() {
+        assert_eq!(codes("550 5.1.1 unknown"), (Some(550), Some("5.1.1".into())));
+        assert_eq!(
+            codes("5.1.0 - Unknown address error 550-'5.2.2 <a@b.example>... Mailbox Full'"),
+            (Some(550), Some("5.2.2".into()))
+        );
+        assert_eq!(
+            codes("554 4.4.7 Message expired: unable to deliver in 840 minutes.<421 4.4.2 Connection timed out>"),
+            (Some(421), Some("4.4.2".into()))
+        );
+        assert_eq!(
+            codes("Out: 250 2.1.5 Ok In: DATA Out: 451 4.3.0 Error: queue file write error Out: 221 2.0.0 Bye"),
+            (Some(451), Some("4.3.0".into()))
+        );
+        assert_eq!(codes("553 sorry, in my badrcptto list (#5.7.1)"), (Some(553), Some("5.7.1".into())));
+        assert_eq!(codes("250 2.1.5 Ok"), (Some(250), Some("2.1.5".into())));
+        assert_eq!(codes("no codes"), (None, None));
     }
 
     #[test]
