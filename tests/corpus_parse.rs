@@ -70,6 +70,8 @@ fn bounce_corpus_recipients_status_and_reply_codes() {
     let (mut reply_total, mut reply_ok) = (0, 0);
     let mut misses = Vec::new();
     let mut status_misses = Vec::new();
+    let mut reply_misses = Vec::new();
+    let (mut count_same, mut count_more) = (0, 0);
     for (file, rows) in &by_file {
         let path = dir.join(file);
         let Ok(raw) = std::fs::read(&path) else {
@@ -87,6 +89,13 @@ fn bounce_corpus_recipients_status_and_reply_codes() {
         } else {
             misses.push(format!("{file} ({:?}: {:?})", parsed.kind, parsed.parse_error));
         }
+        let labelled = rows.iter().filter_map(|r| r["recipient_index"].as_u64()).max().unwrap_or(0) as usize;
+        if parsed.recipients.len() == labelled {
+            count_same += 1;
+        } else if parsed.recipients.len() > labelled {
+            count_more += 1;
+            println!("more recipients than labelled: {file}: {} > {labelled}", parsed.recipients.len());
+        }
         for row in rows {
             let idx = row["recipient_index"].as_u64().unwrap_or(1) as usize;
             let ours = parsed.recipients.get(idx - 1);
@@ -101,8 +110,11 @@ fn bounce_corpus_recipients_status_and_reply_codes() {
             }
             if let Some(expected) = row["expected_replycode"].as_str().and_then(|s| s.parse::<u16>().ok()) {
                 reply_total += 1;
-                if ours.and_then(|r| r.reply_code) == Some(expected) {
+                let got = ours.and_then(|r| r.reply_code);
+                if got == Some(expected) {
                     reply_ok += 1;
+                } else {
+                    reply_misses.push(format!("{file}#{idx}: expected {expected}, got {got:?}"));
                 }
             }
         }
@@ -113,8 +125,14 @@ fn bounce_corpus_recipients_status_and_reply_codes() {
     for m in &misses {
         println!("no recipient: {m}");
     }
+    println!(
+        "recipient count equals the labelled count in {count_same}/{files} files; more than labelled in {count_more}"
+    );
     for m in &status_misses {
         println!("status differs: {m}");
+    }
+    for m in &reply_misses {
+        println!("reply code differs: {m}");
     }
     assert!(files > 0, "no corpus file could be read");
     assert!(pct(found, files) >= 97.0, "recipient found in only {:.1}% of files", pct(found, files));

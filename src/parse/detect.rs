@@ -234,12 +234,14 @@ fn complete_from_text(recipients: &mut [Recipient], text: &str) {
     if text.trim().is_empty() {
         return;
     }
+    let addresses: Vec<String> = recipients.iter().map(|r| r.recipient.clone()).collect();
+    let others: Vec<&str> = addresses.iter().map(String::as_str).collect();
     for r in recipients.iter_mut() {
         let needs = r.diagnostic.is_none() || (r.reply_code.is_none() && r.status.is_none()) || r.smtp_command.is_none();
         if !needs {
             continue;
         }
-        let blocks = freetext::blocks_for(text, &r.recipient);
+        let blocks = freetext::blocks_for(text, &r.recipient, &others);
         let best = blocks.iter().find(|b| smtp_code_in(b)).or_else(|| blocks.first()).cloned();
         let from_text = r.diagnostic.is_none();
         let diagnostic = if from_text { best } else { None };

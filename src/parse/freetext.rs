@@ -53,7 +53,7 @@ const SENDER_LINE_PREFIXES: &[&str] = &[
 ];
 const SENDER_WORDS: &[&str] = &[
     "sender", "sent by", "originator", "return-path", "mail from", "unsubscribe",
-    "contact your", "please contact", "reply to", "envelope-from", "from:",
+    "contact your", "please contact", "reply to", "envelope-from", "from:", "generated from", "sent to you by",
 ];
 const RECIPIENT_WORDS: &[&str] = &[
     "recipient", "rcpt", "to:", "user", "mailbox", "address", "deliver", "unknown", "exist", "no such",
@@ -338,19 +338,27 @@ pub(crate) fn fill_codes(
     r.diagnostic = r.diagnostic.take().or(diagnostic);
 }
 
-/// The diagnostic blocks that mention `addr` in `text` (used to complete DSN recipients whose fields
-/// carry no Diagnostic-Code from the report's human-readable part).
-pub(crate) fn blocks_for(text: &str, addr: &str) -> Vec<String> {
+/// The diagnostic blocks that mention `addr` in `text`, each ending before a line that mentions one of
+/// `others` (used to complete DSN recipients whose fields carry no Diagnostic-Code from the report's
+/// human-readable part).
+pub(crate) fn blocks_for(text: &str, addr: &str, others: &[&str]) -> Vec<String> {
     let lines = bounce_lines(text);
     let key = addr.to_ascii_lowercase();
-    let none = HashSet::new();
+    let others: Vec<String> =
+        others.iter().map(|o| o.to_ascii_lowercase()).filter(|o| *o != key && !key.contains(o.as_str())).collect();
+    let other_lines: HashSet<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| others.iter().any(|o| find_ci(l, o).is_some()) && find_ci(l, &key).is_none())
+        .map(|(i, _)| i)
+        .collect();
     let mut out = Vec::new();
     let mut last_end = 0;
     for (idx, line) in lines.iter().enumerate() {
         if idx < last_end || find_ci(line, &key).is_none() {
             continue;
         }
-        let end = block_end(&lines, idx, &none);
+        let end = block_end(&lines, idx, &other_lines);
         last_end = end;
         out.push(collapse_ws(&lines[idx..end].join(" ")));
     }

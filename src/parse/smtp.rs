@@ -2,10 +2,9 @@
 //! (RFC 3463 `class.subject.detail`) and the SMTP command that was answered.
 
 /// Whether the byte before `i` allows a code to start there (not part of a longer number or word). A status
-/// code may follow `-` (`550-5.7.26`); a reply code may not (`id-550`, `10:550`).
+/// code may follow `-` (`550-5.7.26`); a reply code may not (`id-550`).
 fn boundary_before(b: &[u8], i: usize, strict: bool) -> bool {
-    i == 0
-        || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' || (strict && matches!(b[i - 1], b'-' | b':')))
+    i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' || (strict && b[i - 1] == b'-'))
 }
 
 /// The enhanced status code starting at byte `i`, if one does (`class.subject.detail`, 1–3 digits each, not
@@ -61,7 +60,7 @@ fn reply_at(b: &[u8], i: usize) -> Option<u16> {
             (Some(d), Some(next)) if d.is_ascii_digit() => *next == b'.',
             _ => true,
         },
-        Some(c) => matches!(c, b' ' | b')' | b'\t' | b',' | b']' | b';'),
+        Some(c) => matches!(c, b' ' | b')' | b'\t' | b',' | b']' | b';' | b':'),
     };
     ok.then(|| u16::from(b[i] - b'0') * 100 + u16::from(b[i + 1] - b'0') * 10 + u16::from(b[i + 2] - b'0'))
 }
@@ -96,7 +95,11 @@ pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
     }
     match best {
         Some((code, status)) => (Some(code), Some(status)),
-        None => (reply_code(text), enhanced_status(text)),
+        None => {
+            // "554 <a@b>... 550 Host unknown": the remote reply quoted last explains the failure.
+            let last_failure = (0..b.len()).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400));
+            (last_failure.or_else(|| reply_code(text)), enhanced_status(text))
+        }
     }
 }
 
@@ -178,6 +181,8 @@ mod tests {
         assert_eq!(codes("553 sorry, in my badrcptto list (#5.7.1)"), (Some(553), Some("5.7.1".into())));
         assert_eq!(codes("250 2.1.5 Ok"), (Some(250), Some("2.1.5".into())));
         assert_eq!(codes("no codes"), (None, None));
+        assert_eq!(codes("554 <a@b.example>... 550 Host unknown"), (Some(550), None));
+        assert_eq!(codes("<a@b.example>: 550: : User unknown"), (Some(550), None));
     }
 
     #[test]
