@@ -5,10 +5,10 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use mail_parser::{Message, MessageParser};
+use mail_parser::{HeaderName, Message, MessageParser};
 
 use super::fields::blocks;
-use super::freetext::{self, Context};
+use super::freetext::{self, BounceText, Context};
 use super::mime::{self, Walk, first_address};
 use super::text::{clean_address, collapse_ws, contains_ci};
 use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
@@ -16,9 +16,22 @@ use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
 /// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
 const MAX_SUMMARY: usize = 500;
 
-fn parser() -> &'static MessageParser {
+/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject) and raw
+/// values for the rest. Received fields stay raw: parsing them is a good part of mail-parser's time and we
+/// only need their `for` clause (see `mime::read_original`).
+pub(crate) fn parser() -> &'static MessageParser {
     static PARSER: OnceLock<MessageParser> = OnceLock::new();
-    PARSER.get_or_init(MessageParser::default)
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .header_text(HeaderName::Subject)
+            .header_address(HeaderName::From)
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::To)
+            .header_address(HeaderName::Cc)
+            .header_id(HeaderName::MessageId)
+            .header_id(HeaderName::ReturnPath)
+    })
 }
 
 /// Whether the input looks like binary data rather than a mail message: many control bytes at its start.
@@ -56,6 +69,12 @@ fn summary(text: &str) -> Option<String> {
 
 /// Parses one raw message. Never panics on any input (the caller adds a last-resort guard).
 pub(crate) fn parse(raw: &[u8]) -> Parsed {
+    parse_at(raw, 0)
+}
+
+/// Parses a message; `depth` counts how many attached messages were entered to get here (at most one: a
+/// report forwarded as an attachment).
+fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Parsed::unparsed("empty message");
     }
@@ -81,8 +100,18 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
         parse_error: None,
     };
     let mut walk = mime::walk(&message);
-    if walk.original.is_none() {
-        original_from_inline_copy(&mut walk);
+    let joined: Cow<'_, str> = match walk.texts.as_slice() {
+        [one] => Cow::Borrowed(one.as_ref()),
+        many => Cow::Owned(many.iter().map(|t| t.as_ref()).collect::<Vec<&str>>().join("\n")),
+    };
+    let text = BounceText::new(&joined);
+    if walk.original.is_none()
+        && let Some(copy) = text.copy()
+        && let Some(o) = parser().parse_headers(copy.as_bytes()).as_ref().and_then(mime::read_original)
+    {
+        walk.original = Some(o.headers);
+        walk.original_recipients = o.recipients;
+        walk.original_senders = o.senders;
     }
     parsed.original = walk.original.clone();
 
@@ -93,13 +122,10 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
         return parsed;
     }
 
-    let texts: Vec<&str> = walk.texts.iter().map(|t| t.as_ref()).collect();
-    let joined = texts.join("\n");
-
     if !walk.delivery_status.is_empty() {
         let mut recipients = dsn::recipients(&walk.delivery_status);
         if !recipients.is_empty() {
-            complete_from_text(&mut recipients, &joined);
+            complete_from_text(&mut recipients, &text);
             parsed.kind = Kind::Dsn;
             parsed.recipients = recipients;
             return parsed;
@@ -129,9 +155,9 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
     }
 
     if dsn::looks_like_dsn_fields(&joined) {
-        let mut recipients = dsn::recipients(&[joined.as_str()]);
+        let mut recipients = dsn::recipients(&[joined.as_ref()]);
         if !recipients.is_empty() {
-            complete_from_text(&mut recipients, &joined);
+            complete_from_text(&mut recipients, &text);
             parsed.kind = Kind::Bounce;
             parsed.recipients = recipients;
             return parsed;
@@ -139,17 +165,26 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
     }
 
     let ctx = context(&message, &walk);
-    let mut recipients = freetext::recipients(&joined, &ctx, !bounce_markers);
+    let mut recipients = freetext::recipients(&text, &ctx, !bounce_markers);
     if recipients.is_empty() && bounce_markers {
         // A bounce that names nobody in its text: the returned message's recipients are the failed ones.
         if let Some(to) = walk.original_recipients.first() {
             let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
-            let lines = freetext::bounce_lines(&joined);
-            freetext::fill_codes(&mut r, freetext::global_diagnostic(&lines), &[], None, true);
+            freetext::fill_codes(&mut r, freetext::global_diagnostic(text.before()), &[], None, true);
             recipients.push(r);
         }
     }
     let has_codes = recipients.iter().any(|r| r.status.is_some() || r.reply_code.is_some());
+    if !has_codes
+        && depth == 0
+        && let Some(inner) = walk.original_raw.filter(|b| memchr::memmem::find(b, b"delivery-status").is_some())
+    {
+        // A report forwarded as an attachment (a wrapper saying little, the DSN inside).
+        let nested = parse_at(inner, depth + 1);
+        if nested.kind == Kind::Dsn {
+            return Parsed { parse_error: Some("the report was read from the attached message".into()), ..nested };
+        }
+    }
     if !recipients.is_empty() && (bounce_markers || has_codes) {
         parsed.kind = Kind::Bounce;
         parsed.recipients = recipients;
@@ -198,26 +233,6 @@ fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>
     }
 }
 
-/// Reads the headers of a returned message copied inline into the bounce text (qmail, Exim, Sendmail).
-fn original_from_inline_copy(walk: &mut Walk<'_>) {
-    let copies: Vec<String> = walk
-        .texts
-        .iter()
-        .filter_map(|text| {
-            let lines: Vec<&str> = super::text::lines(text).collect();
-            let kept = freetext::bounce_lines(text).len();
-            (kept < lines.len()).then(|| lines[kept..].join("\n"))
-        })
-        .collect();
-    for copy in copies {
-        if let Some(m) = parser().parse_headers(copy.as_bytes())
-            && mime::read_original(&m, walk)
-        {
-            break;
-        }
-    }
-}
-
 /// Addresses that are probably not the failed recipient (the report's addressee, the original sender) and
 /// addresses to favour (the returned message's recipients) when reading free text.
 fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
@@ -230,8 +245,8 @@ fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
 }
 
 /// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text.
-fn complete_from_text(recipients: &mut [Recipient], text: &str) {
-    if text.trim().is_empty() {
+fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
+    if text.before().is_empty() {
         return;
     }
     let addresses: Vec<String> = recipients.iter().map(|r| r.recipient.clone()).collect();

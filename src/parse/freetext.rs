@@ -213,17 +213,35 @@ fn is_informative(diag: &str, addr: &str) -> bool {
     without.chars().filter(|c| c.is_alphanumeric()).count() >= 8
 }
 
-/// The bounce's lines before the copy of the returned message.
-pub(crate) fn bounce_lines(text: &str) -> Vec<&str> {
-    let all: Vec<&str> = lines(text).collect();
-    let cut = returned_copy_start(&all).unwrap_or(all.len());
-    all[..cut].to_vec()
+/// A bounce's text split into lines once, with the start of the copy of the returned message, if any.
+pub(crate) struct BounceText<'a> {
+    lines: Vec<&'a str>,
+    cut: usize,
+}
+
+impl<'a> BounceText<'a> {
+    /// Splits `text` (any line ending) and finds where the returned message's copy starts.
+    pub(crate) fn new(text: &'a str) -> BounceText<'a> {
+        let lines: Vec<&str> = lines(text).collect();
+        let cut = returned_copy_start(&lines).unwrap_or(lines.len());
+        BounceText { lines, cut }
+    }
+
+    /// The bounce's own lines, before the copy of the returned message.
+    pub(crate) fn before(&self) -> &[&'a str] {
+        &self.lines[..self.cut]
+    }
+
+    /// The copied returned message (its header block first), if the text carries one.
+    pub(crate) fn copy(&self) -> Option<String> {
+        (self.cut < self.lines.len()).then(|| self.lines[self.cut..].join("\n"))
+    }
 }
 
 /// Extracts the recipients of a free-text bounce. `strict` keeps only well-placed addresses (used when
 /// nothing else says the message is a bounce).
-pub(crate) fn recipients(text: &str, ctx: &Context, strict: bool) -> Vec<Recipient> {
-    let lines = bounce_lines(text);
+pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> Vec<Recipient> {
+    let lines = text.before();
     let mut mentions: Vec<Mention> = Vec::new();
     for (idx, line) in lines.iter().enumerate() {
         let trimmed = line.trim_start().trim_start_matches('>').trim_start();
@@ -341,8 +359,8 @@ pub(crate) fn fill_codes(
 /// The diagnostic blocks that mention `addr` in `text`, each ending before a line that mentions one of
 /// `others` (used to complete DSN recipients whose fields carry no Diagnostic-Code from the report's
 /// human-readable part).
-pub(crate) fn blocks_for(text: &str, addr: &str, others: &[&str]) -> Vec<String> {
-    let lines = bounce_lines(text);
+pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> Vec<String> {
+    let lines = text.before();
     let key = addr.to_ascii_lowercase();
     let others: Vec<String> =
         others.iter().map(|o| o.to_ascii_lowercase()).filter(|o| *o != key && !key.contains(o.as_str())).collect();
@@ -381,7 +399,7 @@ mod tests {
             --- Below this line is a copy of the message.\n\nReturn-Path: <root@example.jp>\n\
             Received: (qmail 1 invoked by uid 0); 29 Apr 2010 07:55:23 -0000\nMessage-ID: <x@example.jp>\n\
             To: other@example.org\n";
-        let r = recipients(text, &ctx(&["root@example.jp"]), false);
+        let r = recipients(&BounceText::new(text), &ctx(&["root@example.jp"]), false);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].recipient, "kijitora@example.org");
         assert_eq!(r[0].status.as_deref(), Some("5.7.1"));
@@ -396,7 +414,7 @@ mod tests {
             permanent error. The following address(es) failed:\n\n  a@example.org\n    SMTP error from \
             remote mail server after RCPT TO:<a@example.org>:\n    host mx.example.org [192.0.2.2]: 550 5.1.1 \
             unknown user\n  b@example.net\n    host mx.example.net [192.0.2.3]: 552 5.2.2 mailbox full\n";
-        let r = recipients(text, &ctx(&[]), false);
+        let r = recipients(&BounceText::new(text), &ctx(&[]), false);
         assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.net"]);
         assert_eq!(r[0].status.as_deref(), Some("5.1.1"));
         assert_eq!(r[0].smtp_command.as_deref(), Some("RCPT"));

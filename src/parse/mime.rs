@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{Address, Message, MimeHeaders, PartType};
 
 use super::OriginalMessage;
 use super::text::html_to_text;
@@ -26,8 +26,8 @@ pub(crate) struct Walk<'a> {
     /// Human-readable text of the report (text/plain parts, or text/html rendered as text when there is no
     /// plain text), in order, without the attached original.
     pub texts: Vec<Cow<'a, str>>,
-    /// Text of the attached original (message/rfc822 raw or text/rfc822-headers), for free-text fallbacks.
-    pub original_raw: Option<Cow<'a, str>>,
+    /// Raw bytes of the attached original (message/rfc822 or text/rfc822-headers part body), if any.
+    pub original_raw: Option<&'a [u8]>,
     /// Headers of the returned message, when attached.
     pub original: Option<OriginalMessage>,
     /// Recipients (To and Cc) of the returned message, lowercased, for free-text scoring.
@@ -84,25 +84,36 @@ fn cap(text: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-/// Reads the Message-ID, From, To and Subject of a returned message (or a header block), its recipients
-/// (To, Cc, then the `for` clauses of its Received fields) and its sender addresses (From, Sender,
-/// Return-Path). Returns `false` when the block has none of the four headers.
-pub(crate) fn read_original(m: &Message<'_>, walk: &mut Walk<'_>) -> bool {
-    let original = OriginalMessage {
+/// What the returned message tells about itself.
+#[derive(Debug)]
+pub(crate) struct Original {
+    /// Its Message-ID, From, To and Subject.
+    pub headers: OriginalMessage,
+    /// Its recipients (To, Cc, then the `for` clauses of its Received fields), lowercased.
+    pub recipients: Vec<String>,
+    /// Its sender addresses (From, Sender, Return-Path), lowercased.
+    pub senders: Vec<String>,
+}
+
+/// Reads a returned message (or a header block). `None` when it has no Message-ID, From, To or Subject.
+pub(crate) fn read_original(m: &Message<'_>) -> Option<Original> {
+    let headers = OriginalMessage {
         message_id: m.message_id().map(str::to_string),
         from: first_address(m.from()),
         to: first_address(m.to()),
         subject: m.subject().map(str::to_string),
     };
-    if original == OriginalMessage::default() {
-        return false;
+    if headers == OriginalMessage::default() {
+        return None;
     }
     let mut recipients = Vec::new();
     all_addresses(m.to(), &mut recipients);
     all_addresses(m.cc(), &mut recipients);
-    for received in m.received_all() {
-        if let Some(addr) = received.for_.as_deref().and_then(super::text::clean_address) {
-            recipients.push(addr.to_ascii_lowercase());
+    // Received fields are kept raw by our parser (see `detect::parser`); their `for <addr>` clause names
+    // the envelope recipient.
+    for value in m.header_values("Received") {
+        if let Some(addr) = value.as_text().and_then(received_for) {
+            recipients.push(addr);
         }
     }
     let mut senders = Vec::new();
@@ -111,16 +122,45 @@ pub(crate) fn read_original(m: &Message<'_>, walk: &mut Walk<'_>) -> bool {
     if let Some(rp) = m.return_address() {
         senders.push(rp.to_ascii_lowercase());
     }
-    walk.original = Some(original);
-    walk.original_recipients = recipients;
-    walk.original_senders = senders;
-    true
+    Some(Original { headers, recipients, senders })
 }
 
-fn original_from_header_text(text: &str, walk: &mut Walk<'_>) {
-    if let Some(m) = MessageParser::default().parse_headers(text.as_bytes()) {
-        read_original(&m, walk);
+impl Walk<'_> {
+    /// Records what the returned message tells about itself.
+    pub(crate) fn set_original(&mut self, o: Original) {
+        self.original = Some(o.headers);
+        self.original_recipients = o.recipients;
+        self.original_senders = o.senders;
     }
+}
+
+/// The address of the `for` clause of a Received field (RFC 5321 §4.4), lowercased.
+fn received_for(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    let mut from = 0;
+    while let Some(rel) = super::text::find_ci(&value[from..], "for") {
+        let at = from + rel;
+        from = at + 3;
+        let spaced = |i: Option<&u8>| i.is_some_and(u8::is_ascii_whitespace);
+        if at == 0 || !spaced(b.get(at - 1)) || !spaced(b.get(at + 3)) {
+            continue;
+        }
+        let rest = value[at + 3..].trim_start();
+        let end = rest.find([';', ' ', '\t', '\r', '\n']).unwrap_or(rest.len());
+        return super::text::clean_address(&rest[..end]).filter(|a| a.contains('@')).map(|a| a.to_ascii_lowercase());
+    }
+    None
+}
+
+fn original_from_header_text(bytes: &[u8], walk: &mut Walk<'_>) {
+    if let Some(o) = super::detect::parser().parse_headers(bytes).as_ref().and_then(read_original) {
+        walk.set_original(o);
+    }
+}
+
+/// The raw body of `part` within `message`.
+fn part_bytes<'a>(message: &'a Message<'a>, part: &mail_parser::MessagePart<'_>) -> Option<&'a [u8]> {
+    message.raw_message.get(part.offset_body as usize..part.offset_end as usize)
 }
 
 /// Sorts the parts of `message` (the report itself) by role.
@@ -132,7 +172,7 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
     {
         walk.report_type = ct.attribute("report-type").map(|r| r.trim().to_ascii_lowercase());
     }
-    let mut html: Vec<Cow<'a, str>> = Vec::new();
+    let mut html: Vec<&'a str> = Vec::new();
     let mut text_len = 0usize;
     for part in &message.parts {
         let (ctype, subtype) = content_type_of(part);
@@ -146,30 +186,44 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
                 }
             }
             (_, _, PartType::Message(m)) => {
-                if walk.original.is_none() {
-                    read_original(m, &mut walk);
-                    walk.original_raw = Some(cap(String::from_utf8_lossy(m.raw_message())));
+                if walk.original_raw.is_none() {
+                    if let Some(o) = read_original(m) {
+                        walk.set_original(o);
+                    }
+                    walk.original_raw = part_bytes(message, part).or(Some(&[]));
                 }
             }
             ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _) => {
-                if walk.original.is_none() {
-                    let text = body_text(part);
-                    original_from_header_text(&text, &mut walk);
-                    walk.original_raw = Some(cap(text));
+                if walk.original_raw.is_none() {
+                    let bytes = match &part.body {
+                        PartType::Text(t) | PartType::Html(t) => t.as_bytes(),
+                        PartType::Binary(b) | PartType::InlineBinary(b) => b.as_ref(),
+                        _ => &[],
+                    };
+                    original_from_header_text(bytes, &mut walk);
+                    walk.original_raw = Some(bytes);
                 }
             }
             (_, _, PartType::Text(t)) if text_len < MAX_TEXT => {
                 text_len += t.len();
                 walk.texts.push(cap(Cow::Borrowed(t.as_ref())));
             }
-            (_, _, PartType::Html(t)) if text_len < MAX_TEXT => {
-                html.push(Cow::Owned(html_to_text(&cap(Cow::Borrowed(t.as_ref())))));
-            }
+            (_, _, PartType::Html(t)) if text_len < MAX_TEXT => html.push(t.as_ref()),
             _ => {}
         }
     }
     if walk.texts.iter().all(|t| t.trim().is_empty()) {
-        walk.texts.extend(html);
+        walk.texts.extend(html.into_iter().map(|h| Cow::Owned(html_to_text(&cap(Cow::Borrowed(h))))));
     }
     walk
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn received_for_clause() {
+        let v = "from a by b with esmtp id x\n\tfor <Kiji@Example.ORG>; Fri, 01 Oct 2010 19:15:19 +0900";
+        assert_eq!(super::received_for(v).as_deref(), Some("kiji@example.org"));
+        assert_eq!(super::received_for("from forum.example by b; date").as_deref(), None);
+    }
 }

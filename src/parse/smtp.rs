@@ -1,10 +1,19 @@
 //! SMTP signals inside diagnostic text: the reply code (RFC 5321 §4.2), the enhanced status code
 //! (RFC 3463 `class.subject.detail`) and the SMTP command that was answered.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
+
 /// Whether the byte before `i` allows a code to start there (not part of a longer number or word). A status
 /// code may follow `-` (`550-5.7.26`); a reply code may not (`id-550`).
 fn boundary_before(b: &[u8], i: usize, strict: bool) -> bool {
     i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' || (strict && b[i - 1] == b'-'))
+}
+
+/// Positions where a code can start (its class digit 2, 4 or 5), found with memchr.
+fn code_starts(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr3_iter(b'2', b'4', b'5', b)
 }
 
 /// The enhanced status code starting at byte `i`, if one does (`class.subject.detail`, 1–3 digits each, not
@@ -40,7 +49,7 @@ fn status_at(b: &[u8], i: usize) -> Option<String> {
 /// as an IPv4 address is not a status code.
 pub(crate) fn enhanced_status(text: &str) -> Option<String> {
     let b = text.as_bytes();
-    (0..b.len()).find_map(|i| if boundary_before(b, i, false) { status_at(b, i) } else { None })
+    code_starts(b).find_map(|i| if boundary_before(b, i, false) { status_at(b, i) } else { None })
 }
 
 /// The reply code starting at byte `i`, if one stands there as its own token.
@@ -69,7 +78,7 @@ fn reply_at(b: &[u8], i: usize) -> Option<u16> {
 /// `550 `, `550-`, `#550`, `(550)`. Numbers inside longer numbers, dates or addresses are skipped.
 pub(crate) fn reply_code(text: &str) -> Option<u16> {
     let b = text.as_bytes();
-    (0..b.len()).find_map(|i| reply_at(b, i))
+    code_starts(b).find_map(|i| reply_at(b, i))
 }
 
 /// The reply code and enhanced status code that a diagnostic reports, read as a remote server's reply.
@@ -82,7 +91,7 @@ pub(crate) fn reply_code(text: &str) -> Option<u16> {
 pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
     let b = text.as_bytes();
     let mut best: Option<(u16, String)> = None;
-    for pos in 0..b.len() {
+    for pos in code_starts(b) {
         let Some(code) = reply_at(b, pos).filter(|c| *c >= 400) else { continue };
         // The enhanced status follows the reply code after separators: "550 5.1.1", "550-'5.2.2", "550 #5.7.1".
         let mut j = pos + 3;
@@ -97,47 +106,53 @@ pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
         Some((code, status)) => (Some(code), Some(status)),
         None => {
             // "554 <a@b>... 550 Host unknown": the remote reply quoted last explains the failure.
-            let last_failure = (0..b.len()).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400));
+            let last_failure = memchr::memchr3_iter(b'2', b'4', b'5', b).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400));
             (last_failure.or_else(|| reply_code(text)), enhanced_status(text))
         }
     }
+}
+
+/// Phrases naming the SMTP command a reply answered, and that command. One case-insensitive pass finds the
+/// earliest: a transcript mentions commands in order and prose names the failing one first.
+const COMMAND_PHRASES: &[(&str, &str)] = &[
+    ("end of data", "DATA"),
+    ("after data", "DATA"),
+    ("data command", "DATA"),
+    ("message body", "DATA"),
+    ("after end of", "DATA"),
+    (">>> data", "DATA"),
+    ("rcpt to", "RCPT"),
+    ("rcpt command", "RCPT"),
+    (">>> rcpt", "RCPT"),
+    ("mail from", "MAIL"),
+    ("mail command", "MAIL"),
+    (">>> mail", "MAIL"),
+    ("sender was rejected", "MAIL"),
+    ("ehlo", "HELO"),
+    ("helo", "HELO"),
+    ("initial connection", "CONN"),
+    ("greeting", "CONN"),
+    ("banner", "CONN"),
+    ("connect to", "CONN"),
+    ("connection refused", "CONN"),
+    ("connection timed out", "CONN"),
+];
+
+fn command_regex() -> &'static Regex {
+    static RE: LazyLock<Regex> = LazyLock::new(|| {
+        let alternation: Vec<String> = COMMAND_PHRASES.iter().map(|(p, _)| regex::escape(p)).collect();
+        // The pattern is built from the constant list above; it always compiles.
+        Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
+    });
+    &RE
 }
 
 /// Which SMTP command the diagnostic answers, from the wording MTAs use ("in reply to RCPT TO command",
 /// "after end of data", "while talking to", "SMTP error from remote mail server after MAIL FROM", ...).
 /// Returns `CONN`, `HELO`, `MAIL`, `RCPT` or `DATA`.
 pub(crate) fn smtp_command(text: &str) -> Option<&'static str> {
-    let lower = text.to_ascii_lowercase();
-    const RULES: &[(&str, &str)] = &[
-        ("end of data", "DATA"),
-        ("after data", "DATA"),
-        ("data command", "DATA"),
-        ("message body", "DATA"),
-        ("after end of", "DATA"),
-        (">>> data", "DATA"),
-        ("rcpt to", "RCPT"),
-        ("rcpt command", "RCPT"),
-        (">>> rcpt", "RCPT"),
-        ("mail from", "MAIL"),
-        ("mail command", "MAIL"),
-        (">>> mail", "MAIL"),
-        ("ehlo", "HELO"),
-        ("helo", "HELO"),
-        ("initial connection", "CONN"),
-        ("greeting", "CONN"),
-        ("banner", "CONN"),
-        ("connect to", "CONN"),
-        ("connection refused", "CONN"),
-        ("connection timed out", "CONN"),
-        ("sender was rejected", "MAIL"),
-    ];
-    // The earliest command mentioned wins: "after RCPT TO:<x>: 550 ... (in reply to MAIL FROM)" is rare, but
-    // a transcript mentions commands in order and the failing one is reported first in prose.
-    RULES
-        .iter()
-        .filter_map(|(needle, cmd)| lower.find(needle).map(|pos| (pos, *cmd)))
-        .min_by_key(|(pos, _)| *pos)
-        .map(|(_, cmd)| cmd)
+    let found = command_regex().find(text)?.as_str().to_ascii_lowercase();
+    COMMAND_PHRASES.iter().find(|(p, _)| *p == found).map(|(_, cmd)| *cmd)
 }
 
 #[cfg(test)]
