@@ -53,11 +53,10 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
             "original-envelope-id" => r.original_envelope_id = one(),
             // Received-Date is the pre-RFC 5965 draft's name for Arrival-Date.
             "arrival-date" => r.arrival_date = one(),
-            "received-date" => {
-                if r.arrival_date.is_none() {
+            "received-date"
+                if r.arrival_date.is_none() => {
                     r.arrival_date = one();
                 }
-            }
             "reporting-mta" => r.reporting_mta = one(),
             "delivery-result" => r.delivery_result = one(),
             "identity-alignment" => r.identity_alignment = one(),

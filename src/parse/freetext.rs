@@ -255,7 +255,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if matches!(local, "mailer-daemon" | "mailer_daemon") {
                 continue;
             }
-            let mut score = score_mention(&lines, idx, m.start, m.end);
+            let mut score = score_mention(lines, idx, m.start, m.end);
             if ctx.sender_side.contains(&key) {
                 score -= 4;
             }
@@ -286,7 +286,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
     }
     chosen.truncate(MAX_RECIPIENTS);
     let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
-    let global = global_diagnostic(&lines);
+    let global = global_diagnostic(lines);
 
     let mut out = Vec::with_capacity(chosen.len());
     for (key, addr) in &chosen {
@@ -303,7 +303,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if l < last_end {
                 continue;
             }
-            let end = block_end(&lines, l, &other_lines);
+            let end = block_end(lines, l, &other_lines);
             last_end = end;
             blocks.push(collapse_ws(&lines[l..end].join(" ")));
         }
@@ -376,7 +376,7 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         if idx < last_end || find_ci(line, &key).is_none() {
             continue;
         }
-        let end = block_end(&lines, idx, &other_lines);
+        let end = block_end(lines, idx, &other_lines);
         last_end = end;
         out.push(collapse_ws(&lines[idx..end].join(" ")));
     }
