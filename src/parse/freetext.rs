@@ -148,25 +148,35 @@ fn score_mention(lines: &[&str], idx: usize, start: usize, end: usize) -> i32 {
     score
 }
 
-/// The lines of the diagnostic block that starts at a mention: the mention line and its continuation, up
-/// to a blank line, another recipient's mention or `MAX_BLOCK_LINES`.
-fn block_end(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> usize {
+/// Whether a line is only decoration (`-----`, `=====`, `*****` rules and banners without words).
+fn is_separator(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty()
+        && (t.starts_with("---") || t.starts_with("===") || t.starts_with("***") || t.starts_with("___"))
+        && (t.ends_with("---") || t.ends_with("===") || t.ends_with("***") || t.ends_with("___") || t.len() < 4)
+}
+
+/// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, the
+/// next paragraph (after blank or separator lines) is its explanation. Returns the block's text and the
+/// index just past it.
+fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
+    let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
-    while end < lines.len() && end < start + MAX_BLOCK_LINES {
-        if lines[end].trim().is_empty() {
-            // A lone address line followed by a blank: its explanation may come after the blank line.
-            if end == start + 1 && lines.get(end + 1).is_some_and(|l| l.starts_with([' ', '\t']) && !l.trim().is_empty()) {
-                end += 1;
-                continue;
+    let mut gap = 0;
+    while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
+        let line = lines[end];
+        if line.trim().is_empty() || is_separator(line) {
+            if kept.len() > 1 || gap >= 3 {
+                break;
             }
-            break;
-        }
-        if other_mention_lines.contains(&end) {
-            break;
+            gap += 1;
+        } else {
+            kept.push(line);
         }
         end += 1;
     }
-    end
+    (truncate(collapse_ws(&kept.join(" "))), end)
 }
 
 fn truncate(mut s: String) -> String {
@@ -303,9 +313,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if l < last_end {
                 continue;
             }
-            let end = block_end(lines, l, &other_lines);
+            let (text, end) = block(lines, l, &other_lines);
             last_end = end;
-            blocks.push(collapse_ws(&lines[l..end].join(" ")));
+            blocks.push(text);
         }
         let best = blocks.iter().find(|b| has_code(b)).or_else(|| blocks.first()).cloned();
         let diagnostic = match best {
@@ -376,9 +386,9 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         if idx < last_end || find_ci(line, &key).is_none() {
             continue;
         }
-        let end = block_end(lines, idx, &other_lines);
+        let (text, end) = block(lines, idx, &other_lines);
         last_end = end;
-        out.push(collapse_ws(&lines[idx..end].join(" ")));
+        out.push(text);
     }
     out
 }

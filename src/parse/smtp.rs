@@ -120,6 +120,7 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
     ("data command", "DATA"),
     ("message body", "DATA"),
     ("after end of", "DATA"),
+    ("final data", "DATA"),
     (">>> data", "DATA"),
     ("rcpt to", "RCPT"),
     ("rcpt command", "RCPT"),
@@ -140,7 +141,11 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
 
 fn command_regex() -> &'static Regex {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        let alternation: Vec<String> = COMMAND_PHRASES.iter().map(|(p, _)| regex::escape(p)).collect();
+        // Phrases starting with a word start at a word boundary ("email from" is not "mail from").
+        let alternation: Vec<String> = COMMAND_PHRASES
+            .iter()
+            .map(|(p, _)| if p.starts_with('>') { regex::escape(p) } else { format!(r"\b{}", regex::escape(p)) })
+            .collect();
         // The pattern is built from the constant list above; it always compiles.
         Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
     });
@@ -206,5 +211,7 @@ mod tests {
         assert_eq!(smtp_command("SMTP error from remote mail server after end of data: 554"), Some("DATA"));
         assert_eq!(smtp_command("SMTP error from remote mail server after MAIL FROM:<a@b.example>"), Some("MAIL"));
         assert_eq!(smtp_command("550 user unknown"), None);
+        assert_eq!(smtp_command("did not like our final DATA: 550 email from x rejected"), Some("DATA"));
+        assert_eq!(smtp_command("550 email from example.jp not accepted"), None);
     }
 }
