@@ -229,3 +229,57 @@ fn arf_corpus_matches_expected_fields() {
     assert!(!expected.is_empty());
     assert!(failures.is_empty(), "{} ARF file(s) differ", failures.len());
 }
+
+#[test]
+fn mutated_corpus_files_never_reach_the_panic_guard() {
+    let Some(dir) = corpus("bounces") else { return };
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join("emails")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut runs = 0;
+    for path in files.iter().step_by(3) {
+        let raw = std::fs::read(path).expect("read corpus file");
+        if raw.is_empty() {
+            continue;
+        }
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..4 {
+            variants.push(raw[..(next() as usize) % raw.len()].to_vec());
+        }
+        let mut flipped = raw.clone();
+        for _ in 0..(raw.len() / 50).max(1) {
+            let at = (next() as usize) % flipped.len();
+            flipped[at] = next() as u8;
+        }
+        variants.push(flipped);
+        for v in &variants {
+            let p = parse(v);
+            runs += 1;
+            assert!(
+                !p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")),
+                "{}: a mutated copy reached the panic guard",
+                path.display()
+            );
+        }
+    }
+    println!("mutated inputs parsed: {runs}");
+    assert!(runs > 0);
+}
