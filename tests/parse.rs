@@ -130,6 +130,7 @@ fn sendmail_free_text_bounce_with_transcript() {
     assert_eq!(rcpts(&p), ["unknown@example.org"], "the sender in the transcript is not a recipient");
     assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(p.recipients[0].reply_code, Some(550));
+    assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"), "from the transcript, not MAIL before it");
 }
 
 #[test]

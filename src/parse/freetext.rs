@@ -339,22 +339,23 @@ pub(crate) fn fill_codes(
     global: Option<&str>,
     text_wins: bool,
 ) {
-    let sources = diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
+    let sources = || diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
     let mut status = None;
     let mut reply = None;
-    let mut command = None;
-    for s in sources {
-        if status.is_none() || reply.is_none() {
-            let (rc, st) = smtp::codes(s);
-            if status.is_none() && st.is_some() {
-                status = st;
-                // A reply code goes with the status it was read with.
-                reply = reply.or(rc);
-            }
-            reply = reply.or(rc);
+    for s in sources() {
+        let (rc, st) = smtp::codes(s);
+        if status.is_none() && st.is_some() {
+            status = st;
         }
-        command = command.or_else(|| smtp::smtp_command(s));
+        // The first reply found goes with the first status (both come from the same reply when present).
+        reply = reply.or(rc);
+        if status.is_some() && reply.is_some() {
+            break;
+        }
     }
+    // The command is read around the reply the recipient's codes come from.
+    let anchor = if text_wins { reply.or(r.reply_code) } else { r.reply_code.or(reply) };
+    let command = sources().find_map(|s| smtp::smtp_command_for(s, anchor));
     if text_wins {
         r.status = status.or(r.status.take());
         r.reply_code = reply.or(r.reply_code);
