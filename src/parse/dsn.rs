@@ -77,8 +77,9 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         diagnostic,
         smtp_command,
         remote_mta: typed_text(get(block, "Remote-MTA")),
-        reporting_mta: pm.reporting_mta.clone(),
-        arrival_date: pm.arrival_date.clone(),
+        // Per-message fields written without the blank line before the recipient's block.
+        reporting_mta: typed_text(get(block, "Reporting-MTA")).or_else(|| pm.reporting_mta.clone()),
+        arrival_date: get(block, "Arrival-Date").map(str::to_string).or_else(|| pm.arrival_date.clone()),
         last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
     })
 }
