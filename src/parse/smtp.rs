@@ -155,7 +155,7 @@ fn command_regex() -> &'static Regex {
         // Phrases starting with a word start at a word boundary ("email from" is not "mail from").
         let alternation: Vec<String> = COMMAND_PHRASES
             .iter()
-            .map(|(p, _)| if p.starts_with('>') { regex::escape(p) } else { format!(r"\b{}", regex::escape(p)) })
+            .map(|(p, _)| if p.starts_with('>') { regex::escape(p) } else { format!(r"(?-u:\b){}", regex::escape(p)) })
             .collect();
         // The pattern is built from the constant list above; it always compiles.
         Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
