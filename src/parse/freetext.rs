@@ -357,7 +357,7 @@ pub(crate) fn fill_codes(
     let anchor = if text_wins { reply.or(r.reply_code) } else { r.reply_code.or(reply) };
     let command = sources().find_map(|s| smtp::smtp_command_for(s, anchor));
     if text_wins {
-        r.status = status.or(r.status.take());
+        r.status = super::dsn::pick_status(r.status.take(), status, r.action.as_deref());
         r.reply_code = reply.or(r.reply_code);
     } else {
         r.status = r.status.take().or(status);
