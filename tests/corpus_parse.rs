@@ -283,3 +283,50 @@ fn mutated_corpus_files_never_reach_the_panic_guard() {
     println!("mutated inputs parsed: {runs}");
     assert!(runs > 0);
 }
+
+#[test]
+fn lf_crlf_and_cr_copies_of_a_message_parse_alike() {
+    let Some(dir) = corpus("bounces") else { return };
+    let labels_path = dir.join("labels.jsonl");
+    if !labels_path.is_file() {
+        println!("skipping: {} not found", labels_path.display());
+        return;
+    }
+    // Copies of one message with other line endings share content_norm_sha256 (see the corpus README).
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in read_jsonl(&labels_path) {
+        if let (Some(h), Some(f)) = (row["content_norm_sha256"].as_str(), row["file"].as_str()) {
+            let files = groups.entry(h.to_string()).or_default();
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+    }
+    let mut compared = 0;
+    let mut differing = Vec::new();
+    for files in groups.values().filter(|f| f.len() > 1) {
+        let summaries: Vec<(String, String)> = files
+            .iter()
+            .filter_map(|f| std::fs::read(dir.join(f)).ok().map(|raw| (f.clone(), raw)))
+            .map(|(f, raw)| {
+                let p = parse(&raw);
+                let rcpts: Vec<String> = p
+                    .recipients
+                    .iter()
+                    .map(|r| format!("{} {:?} {:?} {:?} {:?}", r.recipient, r.status, r.reply_code, r.action, r.smtp_command))
+                    .collect();
+                (f, format!("{:?} {}", p.kind, rcpts.join("; ")))
+            })
+            .collect();
+        compared += 1;
+        if summaries.windows(2).any(|w| w[0].1 != w[1].1) {
+            differing.push(format!("{summaries:?}"));
+        }
+    }
+    println!("copies compared: {compared} groups, {} differ", differing.len());
+    for d in &differing {
+        println!("differs: {d}");
+    }
+    assert!(compared > 0, "no LF/CRLF/CR copies found in labels.jsonl");
+    assert!(differing.is_empty(), "{} group(s) of copies parse differently", differing.len());
+}
