@@ -332,6 +332,28 @@ async fn a_bad_message_does_not_fail_the_others(db: &TestDb) {
     assert!(scalar(s, &format!("SELECT size {refused_row}")).await > 0);
 }
 
+async fn a_large_batch_keeps_order_and_counts(db: &TestDb) {
+    // More messages and bounces than one multi-row statement takes, with duplicates scattered through it.
+    let mut batch: Vec<NewMessage> = (0..300)
+        .map(|i| dsn(&format!("large-{i}"), &[rcpt("a@example.com", "5.1.1", "userunknown", true, 0.9),
+                                               rcpt("b@example.com", "4.2.2", "mailboxfull", false, 0.9)]))
+        .collect();
+    batch.push(batch[7].clone());
+    batch.insert(0, batch[299].clone());
+    let out = db.store.save_messages(&batch).await.expect("save");
+    assert_eq!(out.len(), 302);
+    assert!(is_stored(&out[0]), "the first occurrence is the stored one");
+    assert_eq!(out[300], SaveOutcome::Duplicate { message_id: out[0].message_id() });
+    assert_eq!(out[301], SaveOutcome::Duplicate { message_id: out[8].message_id() });
+    assert_eq!(out.iter().filter(|o| is_stored(o)).count(), 300);
+    // Outcomes follow the input order: each message's id points at its own bytes.
+    for (m, o) in batch.iter().zip(&out).step_by(37) {
+        let sha = text(&db.store, &format!("SELECT sha256 FROM messages WHERE id = {}", o.message_id())).await;
+        assert_eq!(sha.as_deref(), Some(hex::encode(m.sha256).as_str()));
+    }
+    assert_eq!(scalar(&db.store, "SELECT COUNT(*) FROM bounces").await, 600);
+}
+
 async fn nul_characters_are_stored(db: &TestDb) {
     let mut m = dsn("nul", &[rcpt("nul@example.com", "5.1.1", "userunknown", true, 0.9)]);
     m.parsed.subject = Some("bad\0subject".to_string());
@@ -543,6 +565,7 @@ on_both_backends!(
     stores_every_field_of_a_dsn,
     deduplicates_across_calls_and_within_a_batch,
     a_bad_message_does_not_fail_the_others,
+    a_large_batch_keeps_order_and_counts,
     nul_characters_are_stored,
     stores_feedback_reports_with_lists_and_fields,
     views_answer_the_common_questions,
