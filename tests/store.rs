@@ -257,6 +257,17 @@ async fn migrations_are_idempotent(db: &TestDb) {
     assert_eq!(hard, ["hasmoved", "hostunknown", "notaccept", "userunknown"]);
 }
 
+async fn a_database_from_a_newer_rebound_is_a_schema_error(db: &TestDb) {
+    let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (99999, 'from the future', true, $1, 0)";
+    with_pool!(db.store, pool => sqlx::query(sql).bind(vec![0u8; 48]).execute(pool).await.map(|_| ()))
+        .expect("record a future migration");
+    let err = db.store.migrate().await.expect_err("unknown migration applied");
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(!err.is_temporary());
+    assert!(err.to_string().contains("cannot migrate database"), "{err}");
+}
+
 async fn stores_every_field_of_a_dsn(db: &TestDb) {
     let mut hard = rcpt("Gone@Example.COM", "5.1.1", "userunknown", true, 0.9);
     hard.last_attempt = Some("Tue, 24 Nov 2026 10:30:00 +0100");
@@ -562,6 +573,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     migrations_are_idempotent,
+    a_database_from_a_newer_rebound_is_a_schema_error,
     stores_every_field_of_a_dsn,
     deduplicates_across_calls_and_within_a_batch,
     a_bad_message_does_not_fail_the_others,
@@ -660,6 +672,21 @@ async fn sqlite_commits_are_visible_to_a_new_process() {
     let mut other = sqlx::SqliteConnection::connect(&url).await.expect("other connection");
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut other).await.expect("count");
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_database_works() {
+    let store = Store::open("sqlite::memory:").await.expect("open in memory");
+    let out = store.save_messages(&[dsn("mem", &[rcpt("m@example.com", "5.1.1", "userunknown", true, 0.9)])])
+        .await.expect("save");
+    assert!(is_stored(&out[0]));
+    // Every pooled connection sees the same database.
+    let pool = store.sqlite_pool().expect("sqlite");
+    let (mut a, mut b) = (pool.acquire().await.expect("conn a"), pool.acquire().await.expect("conn b"));
+    for conn in [&mut a, &mut b] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut **conn).await.expect("count");
+        assert_eq!(n, 1);
+    }
 }
 
 #[tokio::test]
