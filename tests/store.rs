@@ -257,6 +257,17 @@ async fn migrations_are_idempotent(db: &TestDb) {
     assert_eq!(hard, ["hasmoved", "hostunknown", "notaccept", "userunknown"]);
 }
 
+async fn a_database_from_a_newer_rebound_is_a_schema_error(db: &TestDb) {
+    let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (99999, 'from the future', true, $1, 0)";
+    with_pool!(db.store, pool => sqlx::query(sql).bind(vec![0u8; 48]).execute(pool).await.map(|_| ()))
+        .expect("record a future migration");
+    let err = db.store.migrate().await.expect_err("unknown migration applied");
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(!err.is_temporary());
+    assert!(err.to_string().contains("cannot migrate database"), "{err}");
+}
+
 async fn stores_every_field_of_a_dsn(db: &TestDb) {
     let mut hard = rcpt("Gone@Example.COM", "5.1.1", "userunknown", true, 0.9);
     hard.last_attempt = Some("Tue, 24 Nov 2026 10:30:00 +0100");
@@ -330,6 +341,28 @@ async fn a_bad_message_does_not_fail_the_others(db: &TestDb) {
     assert!(why.contains("1 recipients but 0 classifications"), "{why}");
     // The refused message's raw bytes are still there for a later re-parse.
     assert!(scalar(s, &format!("SELECT size {refused_row}")).await > 0);
+}
+
+async fn a_large_batch_keeps_order_and_counts(db: &TestDb) {
+    // More messages and bounces than one multi-row statement takes, with duplicates scattered through it.
+    let mut batch: Vec<NewMessage> = (0..300)
+        .map(|i| dsn(&format!("large-{i}"), &[rcpt("a@example.com", "5.1.1", "userunknown", true, 0.9),
+                                               rcpt("b@example.com", "4.2.2", "mailboxfull", false, 0.9)]))
+        .collect();
+    batch.push(batch[7].clone());
+    batch.insert(0, batch[299].clone());
+    let out = db.store.save_messages(&batch).await.expect("save");
+    assert_eq!(out.len(), 302);
+    assert!(is_stored(&out[0]), "the first occurrence is the stored one");
+    assert_eq!(out[300], SaveOutcome::Duplicate { message_id: out[0].message_id() });
+    assert_eq!(out[301], SaveOutcome::Duplicate { message_id: out[8].message_id() });
+    assert_eq!(out.iter().filter(|o| is_stored(o)).count(), 300);
+    // Outcomes follow the input order: each message's id points at its own bytes.
+    for (m, o) in batch.iter().zip(&out).step_by(37) {
+        let sha = text(&db.store, &format!("SELECT sha256 FROM messages WHERE id = {}", o.message_id())).await;
+        assert_eq!(sha.as_deref(), Some(hex::encode(m.sha256).as_str()));
+    }
+    assert_eq!(scalar(&db.store, "SELECT COUNT(*) FROM bounces").await, 600);
 }
 
 async fn nul_characters_are_stored(db: &TestDb) {
@@ -540,9 +573,11 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     migrations_are_idempotent,
+    a_database_from_a_newer_rebound_is_a_schema_error,
     stores_every_field_of_a_dsn,
     deduplicates_across_calls_and_within_a_batch,
     a_bad_message_does_not_fail_the_others,
+    a_large_batch_keeps_order_and_counts,
     nul_characters_are_stored,
     stores_feedback_reports_with_lists_and_fields,
     views_answer_the_common_questions,
@@ -637,6 +672,21 @@ async fn sqlite_commits_are_visible_to_a_new_process() {
     let mut other = sqlx::SqliteConnection::connect(&url).await.expect("other connection");
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut other).await.expect("count");
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_database_works() {
+    let store = Store::open("sqlite::memory:").await.expect("open in memory");
+    let out = store.save_messages(&[dsn("mem", &[rcpt("m@example.com", "5.1.1", "userunknown", true, 0.9)])])
+        .await.expect("save");
+    assert!(is_stored(&out[0]));
+    // Every pooled connection sees the same database.
+    let pool = store.sqlite_pool().expect("sqlite");
+    let (mut a, mut b) = (pool.acquire().await.expect("conn a"), pool.acquire().await.expect("conn b"));
+    for conn in [&mut a, &mut b] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut **conn).await.expect("count");
+        assert_eq!(n, 1);
+    }
 }
 
 #[tokio::test]
