@@ -83,7 +83,7 @@ fn push(server: &Server, messages: &[Vec<u8>], clients: usize) -> f64 {
             std::thread::spawn(move || {
                 let mut client = Client::ready(addr);
                 for message in &chunk {
-                    let replies = client.deliver("", &["bounces@example.com"], message);
+                    let replies = client.deliver_pipelined("", &["bounces@example.com"], message);
                     assert_eq!(replies[0].code, 250, "{replies:?}");
                 }
                 client.command("QUIT");
@@ -97,21 +97,35 @@ fn push(server: &Server, messages: &[Vec<u8>], clients: usize) -> f64 {
 }
 
 /// One LMTP run against `url` with the given `[ingest]` lines; checks that every message is in the database.
-fn lmtp_run(url: &str, ingest: &str, messages: &[Vec<u8>], clients: usize) -> f64 {
+fn lmtp_run(url: &str, ingest: &str, messages: &[Vec<u8>], clients: usize) -> (f64, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start_with(dir.path(), url, ingest, "");
+    let mut server = Server::launch(dir.path(), url, ingest, "", "rebound=info");
     let rate = push(&server, messages, clients);
     server.signal("TERM");
     let status = server.wait(Duration::from_secs(60)).expect("serve did not stop");
     assert!(status.success(), "{status:?}");
     assert_eq!(count_messages(url) as usize, messages.len(), "acknowledged = committed");
-    rate
+    // The writer's own account: batches, mean batch size, mean commit time.
+    std::thread::sleep(Duration::from_millis(100));
+    let log = server.log();
+    let stats = log
+        .lines()
+        .find(|l| l.contains("database writer stopped"))
+        .and_then(|l| l.find("batches=").map(|i| l[i..].to_string()))
+        .unwrap_or_default();
+    (rate, stats)
 }
 
-fn report(backend: &str, n: usize, clients: usize, group: f64, single: f64) {
-    println!("lmtp_ingest {backend:8} {clients} clients {n} messages  group commit (max_batch=256, commit_delay=2ms): {group:>8.0} msg/s");
-    println!("lmtp_ingest {backend:8} {clients} clients {n} messages  one transaction per message (max_batch=1):    {single:>8.0} msg/s");
-    println!("lmtp_ingest {backend:8} group commit / per-message = {:.2}x", group / single);
+fn report(backend: &str, n: usize, clients: usize, group: (f64, String), single: (f64, String)) {
+    println!(
+        "lmtp_ingest {backend:8} {clients} clients {n} messages  group commit (max_batch=256, commit_delay=2ms): {:>8.0} msg/s  [{}]",
+        group.0, group.1
+    );
+    println!(
+        "lmtp_ingest {backend:8} {clients} clients {n} messages  one transaction per message (max_batch=1):    {:>8.0} msg/s  [{}]",
+        single.0, single.1
+    );
+    println!("lmtp_ingest {backend:8} group commit / per-message = {:.2}x", group.0 / single.0);
 }
 
 fn main() {
@@ -133,10 +147,9 @@ fn main() {
     let single = lmtp_run(&sqlite_url(&dir.path().join("s")), single_cfg, &messages, clients);
     report("sqlite", n, clients, group, single);
 
-    if let Some(url) = common::postgres_url("bench_group") {
-        let group = lmtp_run(&url, group_cfg, &messages, clients);
-        let url = common::postgres_url("bench_single").unwrap_or(url);
-        let single = lmtp_run(&url, single_cfg, &messages, clients);
+    if let (Some(g), Some(s)) = (common::postgres_schema("bench_group"), common::postgres_schema("bench_single")) {
+        let group = lmtp_run(&g.url, group_cfg, &messages, clients);
+        let single = lmtp_run(&s.url, single_cfg, &messages, clients);
         report("postgres", n, clients, group, single);
     }
 

@@ -314,7 +314,8 @@ fn classify_table_and_missing_file() {
 
 #[test]
 fn postgres_ingest_and_migrate() {
-    let Some(url) = common::postgres_url("cli_pg") else { return };
+    let Some(schema) = common::postgres_schema("cli_pg") else { return };
+    let url = schema.url.clone();
     let out = rebound(&["db", "migrate", "--db", &url]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = ingest(&url, &[&fixtures().join("mailbox.mbox"), &fixtures().join("Maildir")]);

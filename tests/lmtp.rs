@@ -285,21 +285,24 @@ fn locked_database_gives_451_and_the_retry_succeeds() {
     let mut client = Client::ready(server.addr);
     let lock = Command::new("sqlite3")
         .arg(&db)
-        .arg(".timeout 1000")
-        .arg("BEGIN EXCLUSIVE; SELECT 1;")
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn();
     let Ok(mut lock) = lock else {
         eprintln!("skipping: the sqlite3 command is not installed");
         return;
     };
     // sqlite3 holds the exclusive lock while it waits for more input on stdin.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut sql = lock.stdin.take().unwrap();
+    std::io::Write::write_all(&mut sql, b"BEGIN EXCLUSIVE;\nSELECT 'locked';\n").unwrap();
+    let mut out = std::io::BufReader::new(lock.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
     let replies = client.deliver("", &["b@example.com"], &sample_message(1));
     assert_eq!(replies[0].code, 451, "{replies:?}");
     assert!(replies[0].text().starts_with("4.3.0"), "{replies:?}");
-    drop(lock.stdin.take());
+    drop(sql);
     lock.wait().unwrap();
     let retry = client.deliver("", &["b@example.com"], &sample_message(1));
     assert_eq!(retry[0].code, 250, "{retry:?}");
@@ -407,7 +410,8 @@ fn stalled_message_is_dropped_unacknowledged_after_the_grace() {
 
 #[test]
 fn postgres_stores_messages_and_recognises_duplicates() {
-    let Some(url) = common::postgres_url("lmtp_pg") else { return };
+    let Some(schema) = common::postgres_schema("lmtp_pg") else { return };
+    let url = schema.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &url, "");
     let mut client = Client::ready(server.addr);

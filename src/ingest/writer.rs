@@ -105,6 +105,7 @@ async fn run(
 ) {
     let mut messages = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
+    let mut stats = Stats::default();
     while let Some((message, reply)) = rx.recv().await {
         messages.push(message);
         replies.push(reply);
@@ -130,9 +131,29 @@ async fn run(
                 None => break,
             }
         }
+        stats.batches += 1;
+        stats.messages += messages.len() as u64;
+        let started = Instant::now();
         commit(&store, &mut messages, &mut replies).await;
+        stats.commit_time += started.elapsed();
     }
-    tracing::debug!("database writer stopped");
+    if stats.batches > 0 {
+        tracing::info!(
+            batches = stats.batches,
+            messages = stats.messages,
+            mean_batch = format!("{:.1}", stats.messages as f64 / stats.batches as f64),
+            mean_commit_us = (stats.commit_time.as_micros() / u128::from(stats.batches)) as u64,
+            "database writer stopped"
+        );
+    }
+}
+
+/// What the writer did, logged when it stops.
+#[derive(Default)]
+struct Stats {
+    batches: u64,
+    messages: u64,
+    commit_time: Duration,
 }
 
 /// Commit one batch and answer every sender. A batch refused for a reason that is not temporary is retried

@@ -40,6 +40,11 @@ impl Server {
 
     /// Like [`Server::start`], with extra lines for `[ingest]` too.
     pub fn start_with(dir: &Path, url: &str, ingest_extra: &str, lmtp_extra: &str) -> Server {
+        Server::launch(dir, url, ingest_extra, lmtp_extra, "rebound=debug")
+    }
+
+    /// Start with the given `RUST_LOG` filter.
+    pub fn launch(dir: &Path, url: &str, ingest_extra: &str, lmtp_extra: &str, log_filter: &str) -> Server {
         let config = dir.join("rebound.toml");
         let text = format!(
             "[database]\nurl = \"{url}\"\n[ingest]\n{ingest_extra}\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n{lmtp_extra}\n"
@@ -48,7 +53,7 @@ impl Server {
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "rebound=debug")
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -200,6 +205,25 @@ impl Client {
         (0..rcpts.len()).map(|_| self.read_reply().expect("connection closed before a DATA reply")).collect()
     }
 
+    /// A whole transaction the way a PIPELINING client (Postfix) sends it: MAIL, RCPT... and DATA in one
+    /// write, then the data; returns the DATA replies.
+    pub fn deliver_pipelined(&mut self, from: &str, rcpts: &[&str], message: &[u8]) -> Vec<Reply> {
+        let mut group = format!("MAIL FROM:<{from}>\r\n");
+        for rcpt in rcpts {
+            group.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+        }
+        group.push_str("DATA\r\n");
+        self.send(group.as_bytes());
+        for _ in 0..rcpts.len() + 1 {
+            let reply = self.read_reply().expect("connection closed");
+            assert!(reply.code == 250, "{reply:?}");
+        }
+        let data = self.read_reply().expect("connection closed");
+        assert_eq!(data.code, 354, "{data:?}");
+        self.send(&dot_stuff(message));
+        (0..rcpts.len()).map(|_| self.read_reply().expect("connection closed before a DATA reply")).collect()
+    }
+
     /// Whether the server closed the connection (reads to the end).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
@@ -262,9 +286,33 @@ pub fn count_messages(url: &str) -> i64 {
     scalar(url, "SELECT COUNT(*) FROM messages")
 }
 
-/// A Postgres URL whose search_path is a new, empty schema; `None` (with the reason printed) when
-/// `REBOUND_TEST_POSTGRES_URL` is not set.
-pub fn postgres_url(test: &str) -> Option<String> {
+/// A fresh Postgres schema for one test; dropped (with everything in it) when this is dropped.
+pub struct PgSchema {
+    /// A URL whose search_path is the schema.
+    pub url: String,
+    base: String,
+    schema: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, schema) = (self.base.clone(), self.schema.clone());
+        // On its own thread: this may run inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&base).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await;
+                    pool.close().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A new, empty Postgres schema; `None` (with the reason printed) when `REBOUND_TEST_POSTGRES_URL` is not
+/// set. Declare it before a [`Server`] using it, so the server stops before the schema is dropped.
+pub fn postgres_schema(test: &str) -> Option<PgSchema> {
     let Ok(base) = std::env::var("REBOUND_TEST_POSTGRES_URL") else {
         eprintln!("skipping the Postgres part of {test}: REBOUND_TEST_POSTGRES_URL is not set");
         return None;
@@ -276,7 +324,8 @@ pub fn postgres_url(test: &str) -> Option<String> {
         pool.close().await;
     });
     let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options[search_path]={schema}"))
+    let url = format!("{base}{sep}options[search_path]={schema}");
+    Some(PgSchema { url, base, schema })
 }
 
 fn rand_suffix() -> u32 {

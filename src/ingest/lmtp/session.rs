@@ -22,7 +22,8 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 /// Data lines are read in pieces of at most this size; a line may be longer (it only counts towards the
 /// message size), but memory stays bounded.
 const DATA_SEGMENT: usize = 64 * 1024;
-/// Bad commands tolerated on one connection before it is closed.
+/// Client errors (unknown, malformed or out-of-order commands) tolerated on one connection; the next one
+/// closes it, so a peer sending garbage does not hold a session forever.
 const MAX_ERRORS: u32 = 10;
 /// Messages larger than this are parsed on a blocking thread, so a huge one does not stall other sessions.
 const PARSE_INLINE_MAX: usize = 256 * 1024;
@@ -328,11 +329,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
             let command = match command {
                 Ok(c) => c,
                 Err(Refusal(text)) => {
-                    self.errors += 1;
-                    if self.errors >= MAX_ERRORS {
-                        return self.close("421 4.7.0 Too many errors, closing connection").await;
+                    if self.refuse(text).await? {
+                        return Ok(());
                     }
-                    self.reply(text).await?;
                     continue;
                 }
             };
@@ -346,12 +345,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                     );
                     self.reply(&text).await?;
                 }
-                Command::SmtpHello => self.reply("500 5.5.1 This is an LMTP server: say LHLO").await?,
+                Command::SmtpHello => {
+                    if self.refuse("500 5.5.1 This is an LMTP server: say LHLO").await? {
+                        return Ok(());
+                    }
+                }
                 Command::Mail { from, size } => {
-                    if !self.greeted {
-                        self.reply("503 5.5.1 Say LHLO first").await?;
-                    } else if self.from.is_some() {
-                        self.reply("503 5.5.1 Nested MAIL command").await?;
+                    if !self.greeted || self.from.is_some() {
+                        let text = if self.greeted { "503 5.5.1 Nested MAIL command" } else { "503 5.5.1 Say LHLO first" };
+                        if self.refuse(text).await? {
+                            return Ok(());
+                        }
                     } else if size.is_some_and(|s| s > self.context.config.max_message_size as u64) {
                         let text = format!(
                             "552 5.3.4 Message too big for system (limit {} bytes)",
@@ -366,7 +370,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                 }
                 Command::Rcpt(to) => {
                     if self.from.is_none() {
-                        self.reply("503 5.5.1 Need MAIL before RCPT").await?;
+                        if self.refuse("503 5.5.1 Need MAIL before RCPT").await? {
+                            return Ok(());
+                        }
                     } else if self.recipients.len() >= self.context.config.max_recipients {
                         self.reply("452 4.5.3 Too many recipients").await?;
                     } else {
@@ -377,7 +383,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                 Command::Data => {
                     if self.recipients.is_empty() {
                         // RFC 2033 §4.2: DATA without a successful RCPT fails with 503.
-                        self.reply("503 5.5.1 No valid recipients").await?;
+                        if self.refuse("503 5.5.1 No valid recipients").await? {
+                            return Ok(());
+                        }
                     } else {
                         self.reply("354 Start mail input; end with <CRLF>.<CRLF>").await?;
                         self.out.flush().await?;
@@ -411,6 +419,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                 Command::Quit => return self.close("221 2.0.0 Bye").await,
             }
         }
+    }
+
+    /// Answer a client error; after [`MAX_ERRORS`] of them say 421 and close instead. Returns whether the
+    /// connection is closed.
+    async fn refuse(&mut self, text: &str) -> std::io::Result<bool> {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.close("421 4.7.0 Too many errors, closing connection").await?;
+            return Ok(true);
+        }
+        self.reply(text).await?;
+        Ok(false)
     }
 
     fn reset(&mut self) {
