@@ -363,7 +363,7 @@ fn sigterm_finishes_the_message_in_flight_and_exits_0() {
     let (head, tail) = data.split_at(data.len() / 2);
     busy.send(head);
     server.signal("TERM");
-    wait_for_log(&server, "shutting down");
+    wait_for_log(&server, "LMTP listener closed");
     let idle_reply = idle.read_reply().expect("421 to the idle session");
     assert_eq!(idle_reply.code, 421, "{idle_reply:?}");
     assert!(std::net::TcpStream::connect(server.addr).is_err(), "the listener is closed");
