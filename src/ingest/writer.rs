@@ -156,23 +156,11 @@ struct Stats {
     commit_time: Duration,
 }
 
-/// Commit one batch and answer every sender. A batch refused for a reason that is not temporary is retried
-/// one message at a time, so one bad message never fails the others.
+/// Commit one batch and answer every sender. (The store itself retries a batch refused for bad data one
+/// message at a time, so one bad message never fails the others.)
 async fn commit(store: &Store, messages: &mut Vec<NewMessage>, replies: &mut Vec<Reply>) {
     let started = Instant::now();
-    let results = save(store, messages).await;
-    let results = match results {
-        Err(WriteError::Store(e)) if messages.len() > 1 && !e.is_temporary() => {
-            tracing::warn!(error = %e, batch = messages.len(), "batch refused; storing its messages one by one");
-            let mut each = Vec::with_capacity(messages.len());
-            for message in messages.iter() {
-                each.push(match save(store, std::slice::from_ref(message)).await {
-                    Ok(mut outcome) => outcome.pop().ok_or(WriteError::OutcomeCount { sent: 1, got: 0 }),
-                    Err(e) => Err(e),
-                });
-            }
-            each
-        }
+    let results: Vec<Result<SaveOutcome, WriteError>> = match save(store, messages).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::error!(error = %e, batch = messages.len(), "cannot store messages; answering with a temporary failure");
