@@ -74,8 +74,8 @@ impl Default for DatabaseConfig {
 pub struct IngestConfig {
     /// Most messages committed in one transaction (group commit).
     pub max_batch: usize,
-    /// How long the writer may hold a batch open for messages still being received (it commits at once
-    /// when none is).
+    /// How long the writer may hold a batch open for messages of other sessions (it commits at once when
+    /// every connected session has its message in the batch).
     #[serde(deserialize_with = "de_duration")]
     pub commit_delay: Duration,
     /// `[ingest.lmtp]`.

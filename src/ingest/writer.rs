@@ -5,9 +5,11 @@
 //! One transaction per batch instead of one per message is what lets a disk-bound SQLite take thousands of
 //! messages per second from concurrent LMTP sessions, while no reply is sent before the commit.
 //!
-//! The wait is adaptive: a source announces a message it is about to send ([`Writer::incoming`], e.g. an
-//! LMTP session from MAIL on). While such announced messages are outstanding the writer keeps the batch open
-//! (never longer than `commit_delay`); when none is, it commits at once, so a lone sender pays no delay.
+//! The wait is bounded twice: by `commit_delay`, and by the number of sources that could still add to the
+//! batch. A source that waits for each acknowledgement before sending on (an LMTP session) registers as a
+//! [`Producer`]; it can have at most one message in a batch, so once every producer has one there, nothing
+//! more can come and the batch is committed at once. A lone sender thus pays no delay, and eight concurrent
+//! sessions share one commit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,14 +46,14 @@ type Reply = oneshot::Sender<Result<SaveOutcome, WriteError>>;
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<(NewMessage, Reply)>,
-    incoming: Arc<AtomicUsize>,
+    producers: Arc<AtomicUsize>,
 }
 
-/// An announced message: while it lives, the writer holds a batch open for it (at most `commit_delay`).
-/// Drop it once the message is submitted or abandoned.
-pub struct Incoming(Arc<AtomicUsize>);
+/// A registered source that sends one message at a time and waits for its acknowledgement (an LMTP
+/// session); unregisters when dropped.
+pub struct Producer(Arc<AtomicUsize>);
 
-impl Drop for Incoming {
+impl Drop for Producer {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -72,15 +74,15 @@ impl Writer {
     pub fn spawn(store: Store, max_batch: usize, commit_delay: Duration) -> (Writer, JoinHandle<()>) {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        let incoming = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(store, rx, incoming.clone(), max_batch, commit_delay));
-        (Writer { tx, incoming }, task)
+        let producers = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(store, rx, producers.clone(), max_batch, commit_delay));
+        (Writer { tx, producers }, task)
     }
 
-    /// Announce a message that will be submitted soon.
-    pub fn incoming(&self) -> Incoming {
-        self.incoming.fetch_add(1, Ordering::AcqRel);
-        Incoming(self.incoming.clone())
+    /// Register a source that has at most one message in flight at a time.
+    pub fn producer(&self) -> Producer {
+        self.producers.fetch_add(1, Ordering::AcqRel);
+        Producer(self.producers.clone())
     }
 
     /// Queue a message; waits only when the queue is full.
@@ -99,7 +101,7 @@ impl Writer {
 async fn run(
     store: Store,
     mut rx: mpsc::Receiver<(NewMessage, Reply)>,
-    incoming: Arc<AtomicUsize>,
+    producers: Arc<AtomicUsize>,
     max_batch: usize,
     commit_delay: Duration,
 ) {
@@ -114,8 +116,9 @@ async fn run(
             let next = match rx.try_recv() {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
+                // Every producer has its message in this batch: nothing more can come.
                 Err(mpsc::error::TryRecvError::Empty)
-                    if commit_delay.is_zero() || incoming.load(Ordering::Acquire) == 0 =>
+                    if commit_delay.is_zero() || messages.len() >= producers.load(Ordering::Acquire) =>
                 {
                     None
                 }
@@ -182,4 +185,69 @@ async fn save(store: &Store, batch: &[NewMessage]) -> Result<Vec<SaveOutcome>, W
         return Err(WriteError::OutcomeCount { sent: batch.len(), got: outcomes.len() });
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn writer(dir: &tempfile::TempDir, commit_delay: Duration) -> (Writer, JoinHandle<()>) {
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::open(&url).await.unwrap();
+        Writer::spawn(store, 64, commit_delay)
+    }
+
+    fn message(n: usize) -> NewMessage {
+        let raw = format!("Subject: writer test {n}\r\n\r\nhello\r\n").into_bytes();
+        crate::ingest::prepare(raw, "test".into(), None, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_lone_producer_is_committed_without_waiting_for_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, task) = writer(&dir, Duration::from_secs(5)).await;
+        let _only = writer.producer();
+        let started = Instant::now();
+        assert!(matches!(writer.save(message(1)).await, Ok(SaveOutcome::Stored { .. })));
+        assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+        assert!(matches!(writer.save(message(1)).await, Ok(SaveOutcome::Duplicate { .. })));
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_other_producers_but_not_beyond_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let delay = Duration::from_millis(300);
+        let (writer, task) = writer(&dir, delay).await;
+        let (_a, _b) = (writer.producer(), writer.producer());
+        let started = Instant::now();
+        assert!(writer.save(message(1)).await.is_ok());
+        assert!(started.elapsed() >= delay, "committed after {:?}", started.elapsed());
+        // Both producers' messages in one batch: the second arrival closes it at once.
+        let started = Instant::now();
+        let (x, y) = tokio::join!(writer.save(message(2)), writer.save(message(3)));
+        assert!(x.is_ok() && y.is_ok());
+        assert!(started.elapsed() < delay, "committed after {:?}", started.elapsed());
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_queued_after_the_last_handle_is_dropped_are_still_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, task) = writer(&dir, Duration::from_millis(2)).await;
+        let pending: Vec<Pending> = {
+            let mut v = Vec::new();
+            for n in 0..10 {
+                v.push(writer.submit(message(n)).await.unwrap());
+            }
+            v
+        };
+        drop(writer);
+        for p in pending {
+            assert!(matches!(p.outcome().await, Ok(SaveOutcome::Stored { .. })));
+        }
+        task.await.unwrap();
+    }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWrite
 use tokio::sync::watch;
 
 use crate::config::LmtpConfig;
-use crate::ingest::writer::{Incoming, Writer};
+use crate::ingest::writer::Writer;
 use crate::store::SaveOutcome;
 
 /// Longest command line accepted, CRLF included. RFC 5321 §4.5.3.1.4 sets 512 and lets extensions add to
@@ -265,9 +265,10 @@ where
         greeted: false,
         from: None,
         recipients: Vec::new(),
-        incoming: None,
         errors: 0,
     };
+    // One message at a time per connection: the writer knows it need not wait for a second one.
+    let _producer = context.writer.producer();
     match session.converse().await {
         Ok(()) => tracing::debug!(%peer, "LMTP connection closed"),
         Err(e) => tracing::debug!(%peer, error = %e, "LMTP connection ended"),
@@ -283,8 +284,6 @@ struct Session<'a, R, W> {
     /// The reverse path of the transaction in progress (empty for the null sender).
     from: Option<String>,
     recipients: Vec<String>,
-    /// From MAIL until the message is handed over, the writer keeps its batch open for it.
-    incoming: Option<Incoming>,
     errors: u32,
 }
 
@@ -364,7 +363,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                         self.reply(&text).await?;
                     } else {
                         self.from = Some(from);
-                        self.incoming = Some(self.context.writer.incoming());
                         self.reply("250 2.1.0 Sender ok").await?;
                     }
                 }
@@ -436,7 +434,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
     fn reset(&mut self) {
         self.from = None;
         self.recipients.clear();
-        self.incoming = None;
     }
 
     /// Store one message and answer once per recipient.
@@ -448,15 +445,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
         } else {
             tokio::task::spawn_blocking(move || super::super::prepare(raw, "lmtp".to_string(), from, to)).await
         };
-        let submitted = match message {
-            Ok(message) => self.context.writer.submit(message).await.map_err(|e| e.to_string()),
+        let outcome = match message {
+            Ok(message) => self.context.writer.save(message).await.map_err(|e| e.to_string()),
             Err(e) => Err(format!("cannot parse the message: {e}")),
-        };
-        // Handed over (or failed): the writer need not hold its batch open for this session any longer.
-        self.incoming = None;
-        let outcome = match submitted {
-            Ok(pending) => pending.outcome().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
         };
         let (code, text) = match outcome {
             Ok(SaveOutcome::Stored { message_id }) => {
