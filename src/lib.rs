@@ -5,9 +5,12 @@
 //! `parse` and `classify` are pure: no I/O, no database, no async.
 
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod parse;
+pub mod report;
+pub mod spf;
 pub mod store;
 
 /// Exit codes of the CLI (sysexits.h), part of the CLI contract in docs/.
