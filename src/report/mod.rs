@@ -9,6 +9,8 @@ pub mod arf;
 pub mod config;
 pub mod discovery;
 pub mod dkim;
+pub mod queue;
+pub mod sender;
 
 use std::net::IpAddr;
 
