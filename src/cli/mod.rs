@@ -5,6 +5,7 @@ pub mod classify;
 pub mod db;
 pub mod ingest;
 pub mod serve;
+pub mod spf;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Database maintenance.
     Db(db::DbArgs),
+    /// SPF checks (RFC 7208): `rebound spf check --ip IP --helo NAME --mail-from ADDR`.
+    Spf(spf::SpfArgs),
 }
 
 /// Where the database is: `--db`, else `REBOUND_DB`, else `[database] url` of `--config`, else the default.
@@ -133,6 +136,7 @@ pub fn main() -> i32 {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Classify(args) => classify::run(args),
             Command::Db(args) => db::run(args).await,
+            Command::Spf(args) => spf::run(args).await.map_err(Failure::temporary),
         }
     });
     // Do not wait for blocking reader threads of an import that stopped early.
