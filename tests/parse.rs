@@ -306,12 +306,23 @@ fn deeply_nested_multiparts_are_bounded() {
     let p = parse(raw.as_bytes());
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 
+}
+
+/// Regression: 60,000 message/rfc822 parts nested in each other (3 MB) overflowed a 2 MB thread stack when
+/// the parsed tree was dropped, aborting the process (no panic to catch).
+#[test]
+fn deeply_nested_messages_do_not_overflow_the_stack() {
     let mut nested = String::new();
-    for _ in 0..depth {
+    for _ in 0..60_000 {
         nested.push_str("From: a@example.net\nContent-Type: message/rfc822\n\n");
     }
     nested.push_str("From: b@example.net\n\nbody\n");
-    let p = parse(nested.as_bytes());
+    let worker = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse(nested.as_bytes()))
+        .expect("spawn a thread with a 2 MB stack");
+    let p = worker.join().expect("parse returned without overflowing the stack");
+    assert_eq!(p.kind, Kind::Unparsed);
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 }
 

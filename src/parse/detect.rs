@@ -85,9 +85,17 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     let Some(message) = parser().parse(data.as_ref()) else {
         return Parsed::unparsed("no message headers found");
     };
-    if message.headers().is_empty() {
-        return Parsed::unparsed("no message headers found");
-    }
+    let parsed = if message.headers().is_empty() {
+        Parsed::unparsed("no message headers found")
+    } else {
+        read(&message, &data, depth)
+    };
+    mime::dispose(message);
+    parsed
+}
+
+/// Reads a parsed message (see [`parse_at`]).
+fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     let mut parsed = Parsed {
         kind: Kind::Unparsed,
         message_id: message.message_id().map(str::to_string),
@@ -99,7 +107,7 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         feedback: None,
         parse_error: None,
     };
-    let mut walk = mime::walk(&message);
+    let mut walk = mime::walk(message);
     let joined: Cow<'_, str> = match walk.texts.as_slice() {
         [one] => Cow::Borrowed(one.as_ref()),
         many => Cow::Owned(many.iter().map(|t| t.as_ref()).collect::<Vec<&str>>().join("\n")),
@@ -115,9 +123,9 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     }
     parsed.original = walk.original.clone();
 
-    if let Some(report) = feedback_report(&message, &data, &walk) {
+    if let Some(report) = feedback_report(message, data, &walk) {
         parsed.kind = Kind::Arf;
-        parsed.recipients.push(arf_recipient(&report, &walk, &message));
+        parsed.recipients.push(arf_recipient(&report, &walk, message));
         parsed.feedback = Some(report);
         return parsed;
     }
@@ -141,11 +149,11 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         return parsed;
     }
 
-    let bounce_markers = autoreply::from_mail_system(&message)
+    let bounce_markers = autoreply::from_mail_system(message)
         || parsed.subject.as_deref().is_some_and(autoreply::bounce_subject)
         || walk.report_type.as_deref() == Some("delivery-status");
 
-    if !bounce_markers && autoreply::is_autoreply(&message) {
+    if !bounce_markers && autoreply::is_autoreply(message) {
         parsed.kind = Kind::Autoreply;
         let responder = parsed.from.clone().or_else(|| message.return_address().map(str::to_string));
         if let Some(addr) = responder.as_deref().and_then(clean_address) {
@@ -164,7 +172,7 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         }
     }
 
-    let ctx = context(&message, &walk);
+    let ctx = context(message, &walk);
     let mut recipients = freetext::recipients(&text, &ctx, !bounce_markers);
     if recipients.is_empty() && bounce_markers {
         // A bounce that names nobody in its text: the returned message's recipients are the failed ones.

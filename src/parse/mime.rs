@@ -36,6 +36,20 @@ pub(crate) struct Walk<'a> {
     pub original_senders: Vec<String>,
 }
 
+/// Drops a parsed message without recursion. A message nested in a message is a `PartType::Message` inside a
+/// part, and the default drop recurses once per level: tens of thousands of nested message/rfc822 parts (a
+/// few megabytes of input) would overflow the stack, which aborts the process instead of panicking.
+pub(crate) fn dispose(message: Message<'_>) {
+    let mut pending = vec![message];
+    while let Some(mut m) = pending.pop() {
+        for part in &mut m.parts {
+            if let PartType::Message(inner) = std::mem::take(&mut part.body) {
+                pending.push(inner);
+            }
+        }
+    }
+}
+
 /// The first address of an address header, if any.
 pub(crate) fn first_address(addr: Option<&Address<'_>>) -> Option<String> {
     addr.and_then(|a| a.first()).and_then(|a| a.address.as_deref()).map(str::to_string)
