@@ -378,3 +378,13 @@ fn local_part_only_recipient_is_completed_from_received_for() {
     assert_eq!((r.status.as_deref(), r.reply_code), (Some("5.7.0"), Some(550)));
     assert_eq!(r.smtp_command.as_deref(), Some("MAIL"));
 }
+
+#[test]
+fn feedback_fields_in_a_text_body() {
+    let p = parse_all_endings("arf-fields-in-text-body.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback");
+    assert_eq!((f.feedback_type.as_str(), f.source_ip.as_deref()), ("abuse", Some("192.0.2.44")));
+    assert_eq!(rcpts(&p), ["member@mailbox.example.net"]);
+    assert_eq!(p.subject.as_deref(), Some("Fwd: complaint report"));
+}

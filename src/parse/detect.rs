@@ -214,11 +214,9 @@ fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Optio
         let header_block = blocks(&text).into_iter().next()?;
         return arf::report_from(header_block, has_original);
     }
-    if walk.report_type.as_deref() == Some("feedback-report") || walk.texts.len() > 1 {
-        let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
-        return arf::parse_fields(text, has_original);
-    }
-    None
+    // A feedback block sent as text/plain (some reporters label the part wrongly, or forward it).
+    let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
+    arf::parse_fields(text, has_original)
 }
 
 /// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's first
