@@ -70,8 +70,12 @@ fn header_name(line: &str) -> Option<&str> {
 }
 
 fn is_known_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    HEADER_NAMES.contains(&lower.as_str()) || lower.starts_with("x-")
+    HEADER_NAMES.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+}
+
+fn is_strong_header(name: &str) -> bool {
+    STRONG_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Index of the first line of the returned message's header block, if the text carries a copy:
@@ -84,7 +88,7 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
             continue;
         };
         let mut count = 0;
-        let mut strong = STRONG_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+        let mut strong = is_strong_header(name);
         let mut j = i;
         while j < lines.len() && j < i + 40 {
             let l = lines[j];
@@ -95,7 +99,7 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
             match header_name(l).filter(|n| is_known_header(n)) {
                 Some(n) => {
                     count += 1;
-                    strong |= STRONG_HEADERS.contains(&n.to_ascii_lowercase().as_str());
+                    strong |= is_strong_header(n);
                 }
                 None => break,
             }

@@ -58,6 +58,14 @@ pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
 
 /// Collapses every run of whitespace to one space and trims both ends.
 pub(crate) fn collapse_ws(text: &str) -> String {
+    let trimmed = text.trim();
+    let b = trimmed.as_bytes();
+    let clean = b.iter().all(|&c| c == b' ' || !c.is_ascii_whitespace())
+        && !b.windows(2).any(|w| w == b"  ")
+        && trimmed.is_ascii();
+    if clean {
+        return trimmed.to_string();
+    }
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -208,6 +216,13 @@ fn push_text(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_runs_collapse() {
+        assert_eq!(collapse_ws("  a \t b\r\n  c  "), "a b c");
+        assert_eq!(collapse_ws("plain words"), "plain words");
+        assert_eq!(collapse_ws("é\u{a0}x"), "é x");
+    }
 
     #[test]
     fn lines_split_on_every_line_ending() {
