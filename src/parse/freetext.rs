@@ -79,11 +79,14 @@ fn is_strong_header(name: &str) -> bool {
 }
 
 /// Index of the first line of the returned message's header block, if the text carries a copy:
-/// three or more header lines in a row at column 0, at least one of them only a header block would have.
+/// three or more header lines in a row, at least one of them only a header block would have. The copy may
+/// be indented as a whole ("   Return-Path: …" with deeper-indented continuation lines).
 fn returned_copy_start(lines: &[&str]) -> Option<usize> {
     let mut i = 0;
     while i < lines.len() {
-        let Some(name) = header_name(lines[i]).filter(|n| is_known_header(n)) else {
+        let indent_len = lines[i].len() - lines[i].trim_start_matches(' ').len();
+        let indent = &lines[i][..indent_len.min(8)];
+        let Some(name) = header_name(&lines[i][indent.len()..]).filter(|n| is_known_header(n)) else {
             i += 1;
             continue;
         };
@@ -91,7 +94,7 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
         let mut strong = is_strong_header(name);
         let mut j = i;
         while j < lines.len() && j < i + 40 {
-            let l = lines[j];
+            let Some(l) = lines[j].strip_prefix(indent) else { break };
             if l.starts_with([' ', '\t']) && j > i {
                 j += 1;
                 continue;
@@ -161,9 +164,10 @@ fn is_separator(line: &str) -> bool {
 }
 
 /// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
-/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, the
-/// next paragraph (after blank or separator lines) is its explanation. Returns the block's text and the
-/// index just past it.
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, or
+/// what follows ends with a colon ("because:"), the next paragraph (after blank or rule lines) belongs to
+/// it; when nothing follows at all, the lines just before it in its paragraph are its explanation
+/// ("Reason…\naddress"). Returns the block's text and the index just past it.
 fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
     let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
@@ -171,14 +175,28 @@ fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> 
     while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
         let line = lines[end];
         if line.trim().is_empty() || is_separator(line) {
-            if kept.len() > 1 || gap >= 3 {
+            let open = kept.len() == 1 || kept.last().is_some_and(|l| l.trim_end().ends_with(':'));
+            if !open || gap >= 3 {
                 break;
             }
             gap += 1;
         } else {
+            gap = 0;
             kept.push(line);
         }
         end += 1;
+    }
+    if kept.len() == 1 {
+        let mut first = start;
+        while first > 0
+            && start - first < 3
+            && !lines[first - 1].trim().is_empty()
+            && !is_separator(lines[first - 1])
+            && !other_mention_lines.contains(&(first - 1))
+        {
+            first -= 1;
+        }
+        kept.splice(0..0, lines[first..start].iter().copied());
     }
     (truncate(collapse_ws(&kept.join(" "))), end)
 }
@@ -200,7 +218,7 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     let mut paragraphs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (i, l) in lines.iter().enumerate() {
-        match (l.trim().is_empty(), start) {
+        match (l.trim().is_empty() || is_separator(l), start) {
             (false, None) => start = Some(i),
             (true, Some(s)) => {
                 paragraphs.push((s, i));
@@ -443,5 +461,8 @@ mod tests {
         assert_eq!(returned_copy_start(&lines), Some(1));
         let prose = vec!["To: someone", "Subject: hello", "Date: today"];
         assert_eq!(returned_copy_start(&prose), None);
+        let indented = vec!["Original mail as follows:", "", "   Return-Path: <a@b.example>", "   Received: by x",
+            "   \tfor <c@d.example>; Thu, 29 Apr 2017", "   Subject: hi"];
+        assert_eq!(returned_copy_start(&indented), Some(2));
     }
 }
