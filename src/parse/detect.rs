@@ -36,11 +36,20 @@ pub(crate) fn parser() -> &'static MessageParser {
 
 /// Whether the input looks like binary data rather than a mail message: many control bytes at its start.
 fn is_binary(raw: &[u8]) -> bool {
+    /// 1 for control bytes that do not occur in mail text (NUL, other C0 controls but TAB, LF, FF, CR, ESC
+    /// as used by ISO-2022-JP; DEL).
+    const CONTROL: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            t[b] = !matches!(b as u8, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b) as u8;
+            b += 1;
+        }
+        t[0x7f] = 1;
+        t
+    };
     let sample = &raw[..raw.len().min(2048)];
-    let controls = sample
-        .iter()
-        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b)) || b == 0x7f)
-        .count();
+    let controls: usize = sample.iter().map(|&b| usize::from(CONTROL[usize::from(b)])).sum();
     controls * 10 > sample.len()
 }
 

@@ -56,14 +56,18 @@ pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// Whether `trimmed` (already trimmed) has whitespace other than single ASCII spaces.
+pub(crate) fn needs_collapse(trimmed: &str) -> bool {
+    let b = trimmed.as_bytes();
+    !trimmed.is_ascii()
+        || b.iter().any(|&c| c != b' ' && c.is_ascii_whitespace())
+        || memchr::memmem::find(b, b"  ").is_some()
+}
+
 /// Collapses every run of whitespace to one space and trims both ends.
 pub(crate) fn collapse_ws(text: &str) -> String {
     let trimmed = text.trim();
-    let b = trimmed.as_bytes();
-    let clean = b.iter().all(|&c| c == b' ' || !c.is_ascii_whitespace())
-        && !b.windows(2).any(|w| w == b"  ")
-        && trimmed.is_ascii();
-    if clean {
+    if !needs_collapse(trimmed) {
         return trimmed.to_string();
     }
     let mut out = String::with_capacity(text.len());
