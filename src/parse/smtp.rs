@@ -58,11 +58,10 @@ fn reply_at(b: &[u8], i: usize) -> Option<u16> {
         return None;
     }
     // RFC 5321 §4.2: 2yz replies in use are 211, 214, 220, 221, 250–252; failures are 4yz and 5yz, y in 0..=5.
-    let plausible = match (b[i], b[i + 1], b[i + 2]) {
-        (b'2', b'1', b'1' | b'4') | (b'2', b'2', b'0' | b'1') | (b'2', b'5', b'0'..=b'2') => true,
-        (b'4' | b'5', b'0'..=b'5', _) => true,
-        _ => false,
-    };
+    let plausible = matches!(
+        (b[i], b[i + 1], b[i + 2]),
+        (b'2', b'1', b'1' | b'4') | (b'2', b'2', b'0' | b'1') | (b'2', b'5', b'0'..=b'2') | (b'4' | b'5', b'0'..=b'5', _)
+    );
     if !plausible {
         return None;
     }
