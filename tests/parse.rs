@@ -388,3 +388,12 @@ fn feedback_fields_in_a_text_body() {
     assert_eq!(rcpts(&p), ["member@mailbox.example.net"]);
     assert_eq!(p.subject.as_deref(), Some("Fwd: complaint report"));
 }
+
+#[test]
+fn cr_only_file_with_a_stray_lf_is_still_read_as_cr_only() {
+    let mut raw = to_cr(&fixture("bounce-qmail.eml"));
+    raw.extend_from_slice(b"trailing line\n");
+    let p = parse(&raw);
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["gone@example.org"]);
+}

@@ -53,15 +53,24 @@ fn is_binary(raw: &[u8]) -> bool {
     controls * 10 > sample.len()
 }
 
-/// CR-only files (old Mac line ends) become LF so the MIME parser sees lines; other input is used as is.
+/// Files written with bare CR line ends (old Mac) become LF so the MIME parser sees lines; a bare CR is one
+/// not followed by LF, and the conversion happens when they outnumber LFs. Other input is used as is.
 fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
-    if memchr::memchr(b'\n', raw).is_none() && memchr::memchr(b'\r', raw).is_some() {
-        Cow::Owned(raw.iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect())
-    } else {
-        Cow::Borrowed(raw)
+    let lf = memchr::memchr_iter(b'\n', raw).count();
+    let bare_cr = memchr::memchr_iter(b'\r', raw).filter(|&i| raw.get(i + 1) != Some(&b'\n')).count();
+    if bare_cr <= lf {
+        return Cow::Borrowed(raw);
     }
+    let mut out = raw.to_vec();
+    for i in 0..out.len() {
+        if out[i] == b'\r' && out.get(i + 1) != Some(&b'\n') {
+            out[i] = b'\n';
+        }
+    }
+    Cow::Owned(out)
 }
 
+/// The first paragraph of `text`, whitespace collapsed, at most `MAX_SUMMARY` bytes.
 fn summary(text: &str) -> Option<String> {
     let paragraph: Vec<&str> =
         super::text::lines(text).skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).collect();
