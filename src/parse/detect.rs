@@ -171,7 +171,8 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
         || parsed.subject.as_deref().is_some_and(autoreply::bounce_subject)
         || walk.report_type.as_deref() == Some("delivery-status");
 
-    if !bounce_markers && autoreply::is_autoreply(message) {
+    // A multipart/report is a machine report (an unknown kind if we got here), not a human's auto-reply.
+    if !bounce_markers && !walk.is_report && autoreply::is_autoreply(message) {
         parsed.kind = Kind::Autoreply;
         let responder = parsed.from.clone().or_else(|| message.return_address().map(str::to_string));
         if let Some(addr) = responder.as_deref().and_then(clean_address) {

@@ -123,6 +123,16 @@ struct Mention {
     addr: String,
     key: String,
     score: i32,
+    /// The line's shape around the address: the text before it and the first word after it.
+    shape: (String, String),
+}
+
+/// The shape of a mention: what precedes the address on its line (trimmed) and the first word after it.
+/// Lists of failed recipients repeat one shape ("<a@b>: host …", "a@b on Thu, …", "554 <a@b>... …").
+fn shape(line: &str, start: usize, end: usize) -> (String, String) {
+    let before = line[..start].trim().to_string();
+    let after = line[end..].split_whitespace().next().unwrap_or("").to_string();
+    (before, after)
 }
 
 fn has_code(line: &str) -> bool {
@@ -297,7 +307,8 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if local == "postmaster" {
                 score -= 1;
             }
-            mentions.push(Mention { line: idx, addr: m.addr, key, score });
+            let shape = shape(line, m.start, m.end);
+            mentions.push(Mention { line: idx, addr: m.addr, key, score, shape });
         }
     }
     // Best score per address, in order of first mention.
@@ -316,6 +327,19 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             chosen.push((best.0.clone(), best.1.clone()));
         }
     }
+    // Addresses written the way a chosen recipient is written belong to the same list of failures.
+    let chosen_shapes: HashSet<&(String, String)> =
+        mentions.iter().filter(|m| chosen.iter().any(|(k, _)| *k == m.key)).map(|m| &m.shape).collect();
+    for (key, addr, score) in &order {
+        if *score >= 0
+            && !chosen.iter().any(|(k, _)| k == key)
+            && mentions.iter().any(|m| &m.key == key && chosen_shapes.contains(&m.shape))
+        {
+            chosen.push((key.clone(), addr.clone()));
+        }
+    }
+    let first_mention = |key: &str| mentions.iter().position(|m| m.key == key).unwrap_or(usize::MAX);
+    chosen.sort_by_key(|(k, _)| first_mention(k));
     chosen.truncate(MAX_RECIPIENTS);
     let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
     let global = global_diagnostic(lines);

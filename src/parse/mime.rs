@@ -17,6 +17,8 @@ const MAX_TEXT: usize = 256 * 1024;
 /// What the report's MIME structure holds, sorted by role.
 #[derive(Debug, Default)]
 pub(crate) struct Walk<'a> {
+    /// Whether the message is a multipart/report (RFC 6522), whatever its report-type.
+    pub is_report: bool,
     /// `report-type` parameter of a top-level multipart/report, lowercase.
     pub report_type: Option<String>,
     /// Bodies of message/delivery-status (and message/global-delivery-status) parts.
@@ -184,6 +186,7 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
         && ct.ctype().eq_ignore_ascii_case("multipart")
         && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
     {
+        walk.is_report = true;
         walk.report_type = ct.attribute("report-type").map(|r| r.trim().to_ascii_lowercase());
     }
     let mut html: Vec<&'a str> = Vec::new();
