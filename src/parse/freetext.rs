@@ -480,6 +480,18 @@ mod tests {
     }
 
     #[test]
+    fn recipients_listed_alike_are_all_taken() {
+        let text = "did not reach the following recipient(s):\n\na@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\nb@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\n";
+        let mut c = ctx(&[]);
+        c.hints.insert("a@example.org".to_string());
+        let r = recipients(&BounceText::new(text), &c, false);
+        assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.org"]);
+        assert!(r[1].diagnostic.as_deref().is_some_and(|d| d.contains("not recognized")));
+    }
+
+    #[test]
     fn copy_of_the_message_is_not_scanned() {
         let lines = vec!["intro", "Return-Path: <a@b.example>", "Received: by x", "Subject: hi", "", "body"];
         assert_eq!(returned_copy_start(&lines), Some(1));
