@@ -397,3 +397,16 @@ fn cr_only_file_with_a_stray_lf_is_still_read_as_cr_only() {
     assert_eq!(p.kind, Kind::Bounce);
     assert_eq!(rcpts(&p), ["gone@example.org"]);
 }
+
+#[test]
+fn a_text_full_of_addresses_is_read_in_bounded_time() {
+    let mut raw = String::from("From: MAILER-DAEMON@example.net\nSubject: Undelivered Mail\n\n");
+    for i in 0..50_000 {
+        raw.push_str(&format!("<user{i}@example.org>: 550 5.1.1 unknown\n"));
+    }
+    let start = std::time::Instant::now();
+    let p = parse(raw.as_bytes());
+    assert_eq!(p.kind, Kind::Bounce);
+    assert!(!p.recipients.is_empty() && p.recipients.len() <= 100, "{} recipients", p.recipients.len());
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+}

@@ -16,6 +16,9 @@ use super::text::{collapse_ws, find_addresses, find_ci, lines};
 
 /// Most recipients kept from one free-text bounce.
 const MAX_RECIPIENTS: usize = 100;
+/// Most address mentions weighed in one bounce text (the scoring is quadratic in the distinct addresses; a
+/// bounce names a handful, a text naming thousands is not a bounce to read address by address).
+const MAX_MENTIONS: usize = 1000;
 /// Most lines of one recipient's diagnostic block.
 const MAX_BLOCK_LINES: usize = 8;
 /// Longest diagnostic kept, in bytes.
@@ -286,6 +289,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
     let lines = text.before();
     let mut mentions: Vec<Mention> = Vec::new();
     for (idx, line) in lines.iter().enumerate() {
+        if mentions.len() >= MAX_MENTIONS {
+            break;
+        }
         let trimmed = line.trim_start().trim_start_matches('>').trim_start();
         let lower_head = trimmed.get(..trimmed.len().min(24)).unwrap_or(trimmed).to_ascii_lowercase();
         if SENDER_LINE_PREFIXES.iter().any(|p| lower_head.starts_with(p)) {
