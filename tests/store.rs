@@ -480,7 +480,7 @@ async fn sample_data(db: &TestDb) {
                 'fail', 'not permitted', 'v=spf1 ip4:198.51.100.0/24 -all', '-all', 'prepend')").await;
     let check_id = scalar(s, "SELECT MAX(id) FROM spf_checks").await;
     let insert_report = "INSERT INTO outgoing_reports (check_id, kind, domain, report_address, message, status, attempts, last_error) \
-                         VALUES ($1, 'spf', 'example.org', 'postmaster@example.org', $2, 'failed', 1, '451 try later')";
+                         VALUES ($1, 'spf-failure', 'example.org', 'postmaster@example.org', $2, 'failed', 1, '451 try later')";
     with_pool!(s, pool => sqlx::query(insert_report).bind(check_id).bind(b"From: x\r\n\r\nreport".as_slice()).execute(pool).await.map(|_| ()))
         .expect("insert outbox entry");
     execute(s, "INSERT INTO report_attempts (report_id, outcome, smtp_code, detail, duration_ms) \
