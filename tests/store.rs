@@ -601,6 +601,16 @@ async fn sqlite_missing_directory_is_a_config_error() {
 }
 
 #[tokio::test]
+async fn sqlite_file_that_is_not_a_database_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rebound.db");
+    std::fs::write(&path, b"this is a mailbox, not a database\n".repeat(200)).expect("write");
+    let err = Store::open(&format!("sqlite://{}", path.display())).await.expect_err("not a database");
+    assert_eq!(err.kind(), StoreErrorKind::Config, "{err}");
+    assert!(!err.is_temporary());
+}
+
+#[tokio::test]
 async fn sqlite_read_only_database_is_a_temporary_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("rebound.db");
