@@ -1,8 +1,9 @@
 //! Storage with sqlx: SQLite (the embedded default) and Postgres, chosen by the URL's scheme.
 //!
 //! Owns the connection pools, the migrations (`migrations/sqlite`, `migrations/postgres`, applied with
-//! `sqlx::migrate!`), and the write path of ingested messages ([`Store::save_messages`]). The tables and views
-//! are the SQL interface documented in `docs/sql.md`.
+//! `sqlx::migrate!`), the write path of ingested messages ([`Store::save_messages`]), and what people teach
+//! the classifier (categories, labels, model versions). The tables and views are the SQL interface documented
+//! in `docs/sql.md`.
 //!
 //! Durability: a message counts as stored only once its transaction has committed. SQLite runs in WAL mode with
 //! `synchronous=FULL`, so a commit survives power loss (with `NORMAL` the last commits could be lost, which
@@ -10,6 +11,7 @@
 
 mod categories;
 mod error;
+mod labels;
 mod save;
 
 use std::str::FromStr;
@@ -20,6 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::{StoreError, StoreErrorKind};
+pub use labels::{Category, LabelledBounce, ModelVersion, NewModelVersion};
 pub use save::{NewMessage, SaveOutcome};
 
 /// How long a SQLite writer waits for the lock before reporting [`StoreErrorKind::Busy`].
