@@ -1,0 +1,269 @@
+//! Decides what a message is and hands it to the right reader: ARF feedback report, RFC 3464 DSN, Amazon
+//! SES notification, RFC 3834 auto-reply, free-text bounce, or `unparsed` with the reason.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use mail_parser::{HeaderName, Message, MessageParser};
+
+use super::fields::blocks;
+use super::freetext::{self, BounceText, Context};
+use super::mime::{self, Walk, first_address};
+use super::text::{clean_address, collapse_ws, contains_ci};
+use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
+
+/// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
+const MAX_SUMMARY: usize = 500;
+
+/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject) and raw
+/// values for the rest. Received fields stay raw: parsing them is a good part of mail-parser's time and we
+/// only need their `for` clause (see `mime::read_original`).
+pub(crate) fn parser() -> &'static MessageParser {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .header_text(HeaderName::Subject)
+            .header_address(HeaderName::From)
+            .header_address(HeaderName::Sender)
+            .header_address(HeaderName::To)
+            .header_address(HeaderName::Cc)
+            .header_id(HeaderName::MessageId)
+            .header_id(HeaderName::ReturnPath)
+    })
+}
+
+/// Whether the input looks like binary data rather than a mail message: many control bytes at its start.
+fn is_binary(raw: &[u8]) -> bool {
+    let sample = &raw[..raw.len().min(2048)];
+    let controls = sample
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b)) || b == 0x7f)
+        .count();
+    controls * 10 > sample.len()
+}
+
+/// CR-only files (old Mac line ends) become LF so the MIME parser sees lines; other input is used as is.
+fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\n', raw).is_none() && memchr::memchr(b'\r', raw).is_some() {
+        Cow::Owned(raw.iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect())
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+fn summary(text: &str) -> Option<String> {
+    let paragraph: Vec<&str> =
+        super::text::lines(text).skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).collect();
+    let mut s = collapse_ws(&paragraph.join(" "));
+    if s.len() > MAX_SUMMARY {
+        let mut end = MAX_SUMMARY;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    Some(s).filter(|s| !s.is_empty())
+}
+
+/// Parses one raw message. Never panics on any input (the caller adds a last-resort guard).
+pub(crate) fn parse(raw: &[u8]) -> Parsed {
+    parse_at(raw, 0)
+}
+
+/// Parses a message; `depth` counts how many attached messages were entered to get here (at most one: a
+/// report forwarded as an attachment).
+fn parse_at(raw: &[u8], depth: u8) -> Parsed {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Parsed::unparsed("empty message");
+    }
+    if is_binary(raw) {
+        return Parsed::unparsed("binary data, not a mail message");
+    }
+    let data = normalise_line_ends(raw);
+    let Some(message) = parser().parse(data.as_ref()) else {
+        return Parsed::unparsed("no message headers found");
+    };
+    if message.headers().is_empty() {
+        return Parsed::unparsed("no message headers found");
+    }
+    let mut parsed = Parsed {
+        kind: Kind::Unparsed,
+        message_id: message.message_id().map(str::to_string),
+        from: first_address(message.from()),
+        subject: message.subject().map(str::to_string),
+        date: message.header_raw("Date").map(|d| d.trim().to_string()),
+        original: None,
+        recipients: Vec::new(),
+        feedback: None,
+        parse_error: None,
+    };
+    let mut walk = mime::walk(&message);
+    let joined: Cow<'_, str> = match walk.texts.as_slice() {
+        [one] => Cow::Borrowed(one.as_ref()),
+        many => Cow::Owned(many.iter().map(|t| t.as_ref()).collect::<Vec<&str>>().join("\n")),
+    };
+    let text = BounceText::new(&joined);
+    if walk.original.is_none()
+        && let Some(copy) = text.copy()
+        && let Some(o) = parser().parse_headers(copy.as_bytes()).as_ref().and_then(mime::read_original)
+    {
+        walk.original = Some(o.headers);
+        walk.original_recipients = o.recipients;
+        walk.original_senders = o.senders;
+    }
+    parsed.original = walk.original.clone();
+
+    if let Some(report) = feedback_report(&message, &data, &walk) {
+        parsed.kind = Kind::Arf;
+        parsed.recipients.push(arf_recipient(&report, &walk, &message));
+        parsed.feedback = Some(report);
+        return parsed;
+    }
+
+    if !walk.delivery_status.is_empty() {
+        let mut recipients = dsn::recipients(&walk.delivery_status);
+        if !recipients.is_empty() {
+            complete_from_text(&mut recipients, &text);
+            parsed.kind = Kind::Dsn;
+            parsed.recipients = recipients;
+            return parsed;
+        }
+        parsed.parse_error = Some("delivery-status part without recipient fields; read the text instead".into());
+    }
+
+    if contains_ci(&joined, "\"notificationtype\"")
+        && let Some(recipients) = ses::recipients(&joined)
+    {
+        parsed.kind = Kind::Bounce;
+        parsed.recipients = recipients;
+        return parsed;
+    }
+
+    let bounce_markers = autoreply::from_mail_system(&message)
+        || parsed.subject.as_deref().is_some_and(autoreply::bounce_subject)
+        || walk.report_type.as_deref() == Some("delivery-status");
+
+    if !bounce_markers && autoreply::is_autoreply(&message) {
+        parsed.kind = Kind::Autoreply;
+        let responder = parsed.from.clone().or_else(|| message.return_address().map(str::to_string));
+        if let Some(addr) = responder.as_deref().and_then(clean_address) {
+            parsed.recipients.push(Recipient { recipient: addr, diagnostic: summary(&joined), ..Recipient::default() });
+        }
+        return parsed;
+    }
+
+    if dsn::looks_like_dsn_fields(&joined) {
+        let mut recipients = dsn::recipients(&[joined.as_ref()]);
+        if !recipients.is_empty() {
+            complete_from_text(&mut recipients, &text);
+            parsed.kind = Kind::Bounce;
+            parsed.recipients = recipients;
+            return parsed;
+        }
+    }
+
+    let ctx = context(&message, &walk);
+    let mut recipients = freetext::recipients(&text, &ctx, !bounce_markers);
+    if recipients.is_empty() && bounce_markers {
+        // A bounce that names nobody in its text: the returned message's recipients are the failed ones.
+        if let Some(to) = walk.original_recipients.first() {
+            let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
+            freetext::fill_codes(&mut r, freetext::global_diagnostic(text.before()), &[], None, true);
+            recipients.push(r);
+        }
+    }
+    let has_codes = recipients.iter().any(|r| r.status.is_some() || r.reply_code.is_some());
+    if !has_codes
+        && depth == 0
+        && let Some(inner) = walk.original_raw.filter(|b| memchr::memmem::find(b, b"delivery-status").is_some())
+    {
+        // A report forwarded as an attachment (a wrapper saying little, the DSN inside).
+        let nested = parse_at(inner, depth + 1);
+        if nested.kind == Kind::Dsn {
+            return Parsed { parse_error: Some("the report was read from the attached message".into()), ..nested };
+        }
+    }
+    if !recipients.is_empty() && (bounce_markers || has_codes) {
+        parsed.kind = Kind::Bounce;
+        parsed.recipients = recipients;
+        return parsed;
+    }
+    parsed.parse_error = Some("no delivery status, feedback report, auto-reply or bounce text found".into());
+    parsed
+}
+
+/// The ARF report, from a message/feedback-report part, a text part holding the fields, or a bare feedback
+/// block sent as the message itself (its header block holds the fields).
+fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Option<FeedbackReport> {
+    let has_original = walk.original_raw.is_some();
+    if let Some(text) = &walk.feedback {
+        return arf::parse_fields(text, has_original);
+    }
+    if message.header_raw("Feedback-Type").is_some() {
+        let text = String::from_utf8_lossy(data);
+        let header_block = blocks(&text).into_iter().next()?;
+        return arf::report_from(header_block, has_original);
+    }
+    if walk.report_type.as_deref() == Some("feedback-report") || walk.texts.len() > 1 {
+        let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
+        return arf::parse_fields(text, has_original);
+    }
+    None
+}
+
+/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's To, else
+/// the reported domain, else the report's own To.
+fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Recipient {
+    let recipient = report
+        .original_rcpt_to
+        .iter()
+        .find_map(|r| clean_address(r))
+        .or_else(|| walk.original.as_ref().and_then(|o| o.to.clone()))
+        .or_else(|| report.reported_domains.first().cloned())
+        .or_else(|| first_address(message.to()))
+        .unwrap_or_default();
+    Recipient {
+        recipient,
+        diagnostic: walk.texts.first().and_then(|t| summary(t)).or_else(|| Some(report.feedback_type.clone())),
+        reporting_mta: report.reporting_mta.as_deref().map(|m| super::fields::split_typed(m).1.to_string()),
+        arrival_date: report.arrival_date.clone(),
+        ..Recipient::default()
+    }
+}
+
+/// Addresses that are probably not the failed recipient (the report's addressee, the original sender) and
+/// addresses to favour (the returned message's recipients) when reading free text.
+fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
+    let mut sender_side: HashSet<String> = walk.original_senders.iter().cloned().collect();
+    for a in message.to().into_iter().chain(message.from()).flat_map(|a| a.iter()) {
+        sender_side.extend(a.address.as_deref().map(str::to_ascii_lowercase));
+    }
+    let hints: HashSet<String> = walk.original_recipients.iter().filter(|r| !sender_side.contains(*r)).cloned().collect();
+    Context { sender_side, hints }
+}
+
+/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text.
+fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
+    if text.before().is_empty() {
+        return;
+    }
+    let addresses: Vec<String> = recipients.iter().map(|r| r.recipient.clone()).collect();
+    let others: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    for r in recipients.iter_mut() {
+        let needs = r.diagnostic.is_none() || (r.reply_code.is_none() && r.status.is_none()) || r.smtp_command.is_none();
+        if !needs {
+            continue;
+        }
+        let blocks = freetext::blocks_for(text, &r.recipient, &others);
+        let best = blocks.iter().find(|b| smtp_code_in(b)).or_else(|| blocks.first()).cloned();
+        let from_text = r.diagnostic.is_none();
+        let diagnostic = if from_text { best } else { None };
+        freetext::fill_codes(r, diagnostic, &blocks, None, from_text);
+    }
+}
+
+fn smtp_code_in(text: &str) -> bool {
+    super::smtp::reply_code(text).is_some() || super::smtp::enhanced_status(text).is_some()
+}

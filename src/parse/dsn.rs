@@ -1,0 +1,131 @@
+//! RFC 3464 delivery status notifications: the per-message fields (§2.2) and one [`Recipient`] per
+//! per-recipient block (§2.3). Reply code, enhanced status and the failed SMTP command are completed from
+//! the diagnostic text when the fields lack them.
+
+use super::Recipient;
+use super::fields::{Block, blocks, get, split_typed};
+use super::smtp;
+use super::text::{clean_address, contains_ci};
+
+/// Per-message fields (RFC 3464 §2.2) copied onto every recipient.
+#[derive(Debug, Default, Clone)]
+struct PerMessage {
+    reporting_mta: Option<String>,
+    arrival_date: Option<String>,
+}
+
+fn typed_text(value: Option<&str>) -> Option<String> {
+    value.map(|v| split_typed(v).1.to_string()).filter(|v| !v.is_empty())
+}
+
+/// Whether a block is a per-recipient block (it names a recipient).
+fn is_recipient_block(block: &Block) -> bool {
+    get(block, "Final-Recipient").is_some() || get(block, "Original-Recipient").is_some()
+}
+
+/// Whether a text part carries RFC 3464 fields (some MTAs put them in text/plain instead of a
+/// message/delivery-status part).
+pub(crate) fn looks_like_dsn_fields(text: &str) -> bool {
+    contains_ci(text, "final-recipient:") && (contains_ci(text, "status:") || contains_ci(text, "action:"))
+}
+
+/// Parses the bodies of the delivery-status parts into recipients (in order).
+pub(crate) fn recipients(parts: &[impl AsRef<str>]) -> Vec<Recipient> {
+    let mut out = Vec::new();
+    for part in parts {
+        let mut per_message = PerMessage::default();
+        for block in blocks(part.as_ref()) {
+            if !is_recipient_block(&block) {
+                if get(&block, "Reporting-MTA").is_some() || get(&block, "Arrival-Date").is_some() {
+                    per_message = PerMessage {
+                        reporting_mta: typed_text(get(&block, "Reporting-MTA")),
+                        arrival_date: get(&block, "Arrival-Date").map(str::to_string),
+                    };
+                }
+                continue;
+            }
+            if let Some(r) = recipient(&block, &per_message) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
+    let final_rcpt = get(block, "Final-Recipient").and_then(clean_address);
+    let original_rcpt = get(block, "Original-Recipient").and_then(clean_address);
+    let recipient = final_rcpt.clone().or_else(|| original_rcpt.clone())?;
+    let (diagnostic_type, diagnostic) = match get(block, "Diagnostic-Code") {
+        Some(v) => {
+            let (t, text) = split_typed(v);
+            (t, Some(text.to_string()).filter(|s| !s.is_empty()))
+        }
+        None => (None, None),
+    };
+    let status_field = get(block, "Status").and_then(smtp::enhanced_status);
+    let (reply_code, diag_status) = diagnostic.as_deref().map(smtp::codes).unwrap_or_default();
+    let status = pick_status(status_field, diag_status);
+    let smtp_command = diagnostic.as_deref().and_then(smtp::smtp_command).map(str::to_string);
+    Some(Recipient {
+        recipient,
+        original_recipient: original_rcpt.filter(|_| final_rcpt.is_some()),
+        action: get(block, "Action").map(|a| a.split_whitespace().next().unwrap_or(a).to_ascii_lowercase()),
+        status,
+        reply_code,
+        diagnostic_type,
+        diagnostic,
+        smtp_command,
+        remote_mta: typed_text(get(block, "Remote-MTA")),
+        reporting_mta: pm.reporting_mta.clone(),
+        arrival_date: pm.arrival_date.clone(),
+        last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
+    })
+}
+
+/// The remote server's own enhanced status, quoted in the diagnostic, wins over the Status field: the
+/// field is often the reporting MTA's summary (`5.0.0`, `4.4.7` for an expired message, a guess such as
+/// `5.1.1` for every 550), while the diagnostic carries the reason the remote end gave.
+pub(crate) fn pick_status(field: Option<String>, diagnostic: Option<String>) -> Option<String> {
+    diagnostic.or(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DS: &str = "Reporting-MTA: dns; mx.example.jp\nArrival-Date: Thu, 29 Apr 2010 23:34:45 +0900\n\n\
+        Final-Recipient: RFC822; Kijitora@Example.ORG\nOriginal-Recipient: rfc822; cat@example.org\n\
+        Action: failed\nStatus: 5.0.0\nRemote-MTA: DNS; mx.example.org\n\
+        Diagnostic-Code: SMTP; 550 5.1.1 <kijitora@example.org>... User\n unknown (in reply to RCPT TO command)\n\
+        Last-Attempt-Date: Thu, 29 Apr 2010 23:34:46 +0900\n";
+
+    #[test]
+    fn every_per_recipient_field_is_read() {
+        let r = recipients(&[DS]);
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!(r.recipient, "Kijitora@example.org");
+        assert_eq!(r.original_recipient.as_deref(), Some("cat@example.org"));
+        assert_eq!(r.action.as_deref(), Some("failed"));
+        assert_eq!(r.status.as_deref(), Some("5.1.1"));
+        assert_eq!(r.reply_code, Some(550));
+        assert_eq!(r.diagnostic_type.as_deref(), Some("smtp"));
+        assert_eq!(
+            r.diagnostic.as_deref(),
+            Some("550 5.1.1 <kijitora@example.org>... User unknown (in reply to RCPT TO command)")
+        );
+        assert_eq!(r.smtp_command.as_deref(), Some("RCPT"));
+        assert_eq!(r.remote_mta.as_deref(), Some("mx.example.org"));
+        assert_eq!(r.reporting_mta.as_deref(), Some("mx.example.jp"));
+        assert_eq!(r.arrival_date.as_deref(), Some("Thu, 29 Apr 2010 23:34:45 +0900"));
+        assert_eq!(r.last_attempt_date.as_deref(), Some("Thu, 29 Apr 2010 23:34:46 +0900"));
+    }
+
+    #[test]
+    fn the_remote_status_in_the_diagnostic_wins() {
+        assert_eq!(pick_status(Some("4.4.7".into()), Some("4.2.2".into())).as_deref(), Some("4.2.2"));
+        assert_eq!(pick_status(Some("5.0.0".into()), None).as_deref(), Some("5.0.0"));
+        assert_eq!(pick_status(None, Some("4.4.1".into())).as_deref(), Some("4.4.1"));
+    }
+}

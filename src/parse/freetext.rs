@@ -1,0 +1,432 @@
+//! Free-text bounces (qmail, Exim, Sendmail, Exchange, Domino, Courier, providers…): recipients and their
+//! diagnostics found generically, without a pattern list per MTA.
+//!
+//! The text before the returned message is scanned for addresses. Each address is scored by where it
+//! stands: alone on its line (`<a@b>:`, `  a@b`, `RCPT To:<a@b>`), next to an SMTP reply or an enhanced
+//! status code, in a sentence about recipients, or among the returned message's To/Cc; addresses of the
+//! sender side (the report's own To, the original From/Return-Path, `From:` lines) are left out. Each
+//! recipient's diagnostic is the block of lines that follows its mention (up to a blank line or the next
+//! recipient), preferring the mention that carries a reply or status code.
+
+use std::collections::HashSet;
+
+use super::Recipient;
+use super::smtp;
+use super::text::{collapse_ws, find_addresses, find_ci, lines};
+
+/// Most recipients kept from one free-text bounce.
+const MAX_RECIPIENTS: usize = 100;
+/// Most lines of one recipient's diagnostic block.
+const MAX_BLOCK_LINES: usize = 8;
+/// Longest diagnostic kept, in bytes.
+const MAX_DIAGNOSTIC: usize = 2000;
+
+/// What the caller knows about the addresses around the bounce.
+#[derive(Debug, Default)]
+pub(crate) struct Context {
+    /// Addresses of the sender side (the report's To and From, the original From/Sender/Return-Path),
+    /// lowercase. Scored down, not excluded: people do send to themselves.
+    pub sender_side: HashSet<String>,
+    /// Recipients of the returned message (To/Cc), lowercase: likely the failed ones.
+    pub hints: HashSet<String>,
+}
+
+/// Header names that start the copy of the returned message when they stand at column 0.
+const HEADER_NAMES: &[&str] = &[
+    "received", "return-path", "message-id", "date", "from", "to", "cc", "subject", "mime-version",
+    "content-type", "content-transfer-encoding", "dkim-signature", "domainkey-signature", "x-mailer",
+    "reply-to", "delivered-to", "x-original-to", "authentication-results", "arc-seal", "arc-message-signature",
+    "arc-authentication-results", "x-received", "sender", "references", "in-reply-to", "user-agent",
+    "thread-topic", "thread-index", "list-unsubscribe", "precedence", "importance", "x-priority",
+    "content-language", "accept-language", "x-ms-has-attach", "x-originating-ip", "organization", "errors-to",
+];
+/// Header names that only a copied header block has (not a bounce's prose or DSN fields).
+const STRONG_HEADERS: &[&str] = &[
+    "received", "return-path", "message-id", "mime-version", "dkim-signature", "domainkey-signature",
+    "content-type", "x-mailer", "x-received", "arc-seal", "authentication-results", "references", "in-reply-to",
+];
+/// Lines (trimmed) starting with these introduce sender-side or bookkeeping addresses.
+const SENDER_LINE_PREFIXES: &[&str] = &[
+    "from:", "return-path:", "sender:", "reply-to:", "message-id:", "in-reply-to:", "references:", "received:",
+    "dkim-signature:", "list-unsubscribe:", "errors-to:", "x-original-sender:", "envelope-from:", "mail from:",
+    ">>> mail from", "x-postfix-sender:", "original-mail-from:", "x-sender:",
+];
+const SENDER_WORDS: &[&str] = &[
+    "sender", "sent by", "originator", "return-path", "mail from", "unsubscribe",
+    "contact your", "please contact", "reply to", "envelope-from", "from:", "generated from", "sent to you by",
+];
+const RECIPIENT_WORDS: &[&str] = &[
+    "recipient", "rcpt", "to:", "user", "mailbox", "address", "deliver", "unknown", "exist", "no such",
+    "rejected", "failed", "refused", "account", "quota", "full", "disabled", "invalid", "denied",
+];
+
+fn header_name(line: &str) -> Option<&str> {
+    let colon = line.find(':')?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return None;
+    }
+    Some(name)
+}
+
+fn is_known_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    HEADER_NAMES.contains(&lower.as_str()) || lower.starts_with("x-")
+}
+
+/// Index of the first line of the returned message's header block, if the text carries a copy:
+/// three or more header lines in a row at column 0, at least one of them only a header block would have.
+fn returned_copy_start(lines: &[&str]) -> Option<usize> {
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(name) = header_name(lines[i]).filter(|n| is_known_header(n)) else {
+            i += 1;
+            continue;
+        };
+        let mut count = 0;
+        let mut strong = STRONG_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+        let mut j = i;
+        while j < lines.len() && j < i + 40 {
+            let l = lines[j];
+            if l.starts_with([' ', '\t']) && j > i {
+                j += 1;
+                continue;
+            }
+            match header_name(l).filter(|n| is_known_header(n)) {
+                Some(n) => {
+                    count += 1;
+                    strong |= STRONG_HEADERS.contains(&n.to_ascii_lowercase().as_str());
+                }
+                None => break,
+            }
+            j += 1;
+        }
+        if count >= 3 && strong {
+            return Some(i);
+        }
+        i = j.max(i + 1);
+    }
+    None
+}
+
+/// One mention of an address on a line.
+#[derive(Debug)]
+struct Mention {
+    line: usize,
+    addr: String,
+    key: String,
+    score: i32,
+}
+
+fn has_code(line: &str) -> bool {
+    smtp::enhanced_status(line).is_some() || smtp::reply_code(line).is_some()
+}
+
+fn score_mention(lines: &[&str], idx: usize, start: usize, end: usize) -> i32 {
+    let line = lines[idx];
+    let lower = line.to_ascii_lowercase();
+    let mut score = 0;
+    // What is left of the line without the address: alone on its line, or behind a short label.
+    let rest: String = format!("{} {}", &line[..start], &line[end..]);
+    let rest_words = rest
+        .split(|c: char| c.is_whitespace() || "<>:;,()\"'[]=.".contains(c))
+        .filter(|w| !w.is_empty())
+        .count();
+    if rest_words <= 3 {
+        score += 2;
+    }
+    let window_has_code = lines[idx..lines.len().min(idx + 3)].iter().any(|l| has_code(l));
+    if window_has_code {
+        score += 2;
+    }
+    if RECIPIENT_WORDS.iter().any(|w| lower.contains(w)) {
+        score += 1;
+    }
+    if SENDER_WORDS.iter().any(|w| lower.contains(w)) {
+        score -= 3;
+    }
+    score
+}
+
+/// The lines of the diagnostic block that starts at a mention: the mention line and its continuation, up
+/// to a blank line, another recipient's mention or `MAX_BLOCK_LINES`.
+fn block_end(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> usize {
+    let mut end = start + 1;
+    while end < lines.len() && end < start + MAX_BLOCK_LINES {
+        if lines[end].trim().is_empty() {
+            // A lone address line followed by a blank: its explanation may come after the blank line.
+            if end == start + 1 && lines.get(end + 1).is_some_and(|l| l.starts_with([' ', '\t']) && !l.trim().is_empty()) {
+                end += 1;
+                continue;
+            }
+            break;
+        }
+        if other_mention_lines.contains(&end) {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_DIAGNOSTIC {
+        let mut end = MAX_DIAGNOSTIC;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The first paragraph that carries an SMTP reply or status code, else the first non-empty paragraph:
+/// the bounce's own explanation, used for recipients whose block says nothing.
+pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
+    let mut paragraphs: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, l) in lines.iter().enumerate() {
+        match (l.trim().is_empty(), start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                paragraphs.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        paragraphs.push((s, lines.len()));
+    }
+    let with_code = paragraphs.iter().find(|(s, e)| lines[*s..*e].iter().any(|l| has_code(l)));
+    let (s, e) = with_code.or_else(|| paragraphs.first())?;
+    let text = collapse_ws(&lines[*s..(*e).min(s + MAX_BLOCK_LINES)].join(" "));
+    Some(truncate(text)).filter(|t| !t.is_empty())
+}
+
+/// Whether a diagnostic says more than the address itself.
+fn is_informative(diag: &str, addr: &str) -> bool {
+    let without = match find_ci(diag, &addr.to_ascii_lowercase()) {
+        Some(pos) => format!("{}{}", &diag[..pos], &diag[pos + addr.len()..]),
+        None => diag.to_string(),
+    };
+    without.chars().filter(|c| c.is_alphanumeric()).count() >= 8
+}
+
+/// A bounce's text split into lines once, with the start of the copy of the returned message, if any.
+pub(crate) struct BounceText<'a> {
+    lines: Vec<&'a str>,
+    cut: usize,
+}
+
+impl<'a> BounceText<'a> {
+    /// Splits `text` (any line ending) and finds where the returned message's copy starts.
+    pub(crate) fn new(text: &'a str) -> BounceText<'a> {
+        let lines: Vec<&str> = lines(text).collect();
+        let cut = returned_copy_start(&lines).unwrap_or(lines.len());
+        BounceText { lines, cut }
+    }
+
+    /// The bounce's own lines, before the copy of the returned message.
+    pub(crate) fn before(&self) -> &[&'a str] {
+        &self.lines[..self.cut]
+    }
+
+    /// The copied returned message (its header block first), if the text carries one.
+    pub(crate) fn copy(&self) -> Option<String> {
+        (self.cut < self.lines.len()).then(|| self.lines[self.cut..].join("\n"))
+    }
+}
+
+/// Extracts the recipients of a free-text bounce. `strict` keeps only well-placed addresses (used when
+/// nothing else says the message is a bounce).
+pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> Vec<Recipient> {
+    let lines = text.before();
+    let mut mentions: Vec<Mention> = Vec::new();
+    for (idx, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start().trim_start_matches('>').trim_start();
+        let lower_head = trimmed.get(..trimmed.len().min(24)).unwrap_or(trimmed).to_ascii_lowercase();
+        if SENDER_LINE_PREFIXES.iter().any(|p| lower_head.starts_with(p)) {
+            continue;
+        }
+        for m in find_addresses(line) {
+            let key = m.addr.to_ascii_lowercase();
+            let local = key.split('@').next().unwrap_or("");
+            if matches!(local, "mailer-daemon" | "mailer_daemon") {
+                continue;
+            }
+            let mut score = score_mention(&lines, idx, m.start, m.end);
+            if ctx.sender_side.contains(&key) {
+                score -= 4;
+            }
+            if ctx.hints.contains(&key) {
+                score += 2;
+            }
+            if local == "postmaster" {
+                score -= 1;
+            }
+            mentions.push(Mention { line: idx, addr: m.addr, key, score });
+        }
+    }
+    // Best score per address, in order of first mention.
+    let mut order: Vec<(String, String, i32)> = Vec::new();
+    for m in &mentions {
+        match order.iter_mut().find(|(k, _, _)| *k == m.key) {
+            Some(entry) => entry.2 = entry.2.max(m.score),
+            None => order.push((m.key.clone(), m.addr.clone(), m.score)),
+        }
+    }
+    let mut chosen: Vec<(String, String)> =
+        order.iter().filter(|(_, _, s)| *s >= 3).map(|(k, a, _)| (k.clone(), a.clone())).collect();
+    if chosen.is_empty() {
+        let threshold = if strict { 2 } else { 0 };
+        if let Some(best) = order.iter().filter(|(_, _, s)| *s >= threshold).max_by_key(|(_, _, s)| *s) {
+            chosen.push((best.0.clone(), best.1.clone()));
+        }
+    }
+    chosen.truncate(MAX_RECIPIENTS);
+    let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
+    let global = global_diagnostic(&lines);
+
+    let mut out = Vec::with_capacity(chosen.len());
+    for (key, addr) in &chosen {
+        let own_lines: Vec<usize> = mentions.iter().filter(|m| &m.key == key).map(|m| m.line).collect();
+        let other_lines: HashSet<usize> = mentions
+            .iter()
+            .filter(|m| &m.key != key && chosen_keys.contains(m.key.as_str()))
+            .map(|m| m.line)
+            .filter(|l| !own_lines.contains(l))
+            .collect();
+        let mut blocks: Vec<String> = Vec::new();
+        let mut last_end = 0;
+        for &l in &own_lines {
+            if l < last_end {
+                continue;
+            }
+            let end = block_end(&lines, l, &other_lines);
+            last_end = end;
+            blocks.push(collapse_ws(&lines[l..end].join(" ")));
+        }
+        let best = blocks.iter().find(|b| has_code(b)).or_else(|| blocks.first()).cloned();
+        let diagnostic = match best {
+            Some(b) if is_informative(&b, addr) => Some(truncate(b)),
+            _ => global.clone(),
+        };
+        let mut r = Recipient { recipient: addr.clone(), ..Recipient::default() };
+        fill_codes(&mut r, diagnostic, &blocks, global.as_deref(), true);
+        out.push(r);
+    }
+    out
+}
+
+/// Sets diagnostic, status, reply code and SMTP command from the chosen diagnostic, falling back to the
+/// recipient's other blocks and the bounce's global explanation. Codes found in the text replace those
+/// already set only when `text_wins` (the text is the diagnostic the codes should agree with).
+pub(crate) fn fill_codes(
+    r: &mut Recipient,
+    diagnostic: Option<String>,
+    blocks: &[String],
+    global: Option<&str>,
+    text_wins: bool,
+) {
+    let sources = diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
+    let mut status = None;
+    let mut reply = None;
+    let mut command = None;
+    for s in sources {
+        if status.is_none() || reply.is_none() {
+            let (rc, st) = smtp::codes(s);
+            if status.is_none() && st.is_some() {
+                status = st;
+                // A reply code goes with the status it was read with.
+                reply = reply.or(rc);
+            }
+            reply = reply.or(rc);
+        }
+        command = command.or_else(|| smtp::smtp_command(s));
+    }
+    if text_wins {
+        r.status = status.or(r.status.take());
+        r.reply_code = reply.or(r.reply_code);
+    } else {
+        r.status = r.status.take().or(status);
+        r.reply_code = r.reply_code.or(reply);
+    }
+    r.smtp_command = r.smtp_command.take().or(command.map(str::to_string));
+    r.diagnostic = r.diagnostic.take().or(diagnostic);
+}
+
+/// The diagnostic blocks that mention `addr` in `text`, each ending before a line that mentions one of
+/// `others` (used to complete DSN recipients whose fields carry no Diagnostic-Code from the report's
+/// human-readable part).
+pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> Vec<String> {
+    let lines = text.before();
+    let key = addr.to_ascii_lowercase();
+    let others: Vec<String> =
+        others.iter().map(|o| o.to_ascii_lowercase()).filter(|o| *o != key && !key.contains(o.as_str())).collect();
+    let other_lines: HashSet<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| others.iter().any(|o| find_ci(l, o).is_some()) && find_ci(l, &key).is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let mut out = Vec::new();
+    let mut last_end = 0;
+    for (idx, line) in lines.iter().enumerate() {
+        if idx < last_end || find_ci(line, &key).is_none() {
+            continue;
+        }
+        let end = block_end(&lines, idx, &other_lines);
+        last_end = end;
+        out.push(collapse_ws(&lines[idx..end].join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(sender_side: &[&str]) -> Context {
+        Context { sender_side: sender_side.iter().map(|s| s.to_string()).collect(), hints: HashSet::new() }
+    }
+
+    #[test]
+    fn qmail_style_recipient_and_remote_reply() {
+        let text = "Hi. This is the qmail-send program at mx.example.jp.\nI'm afraid I wasn't able to deliver \
+            your message to the following addresses.\n\n<kijitora@example.org>:\nConnected to 192.0.2.1 but \
+            sender was rejected.\nRemote host said: 550 5.7.1 <root@example.jp>... Access denied\n\n\
+            --- Below this line is a copy of the message.\n\nReturn-Path: <root@example.jp>\n\
+            Received: (qmail 1 invoked by uid 0); 29 Apr 2010 07:55:23 -0000\nMessage-ID: <x@example.jp>\n\
+            To: other@example.org\n";
+        let r = recipients(&BounceText::new(text), &ctx(&["root@example.jp"]), false);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].recipient, "kijitora@example.org");
+        assert_eq!(r[0].status.as_deref(), Some("5.7.1"));
+        assert_eq!(r[0].reply_code, Some(550));
+        assert_eq!(r[0].smtp_command.as_deref(), Some("MAIL"));
+    }
+
+    #[test]
+    fn exim_style_two_recipients_each_with_its_own_reason() {
+        let text = "This message was created automatically by mail delivery software.\n\n\
+            A message that you sent could not be delivered to one or more of its\nrecipients. This is a \
+            permanent error. The following address(es) failed:\n\n  a@example.org\n    SMTP error from \
+            remote mail server after RCPT TO:<a@example.org>:\n    host mx.example.org [192.0.2.2]: 550 5.1.1 \
+            unknown user\n  b@example.net\n    host mx.example.net [192.0.2.3]: 552 5.2.2 mailbox full\n";
+        let r = recipients(&BounceText::new(text), &ctx(&[]), false);
+        assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.net"]);
+        assert_eq!(r[0].status.as_deref(), Some("5.1.1"));
+        assert_eq!(r[0].smtp_command.as_deref(), Some("RCPT"));
+        assert_eq!(r[1].status.as_deref(), Some("5.2.2"));
+        assert_eq!(r[1].reply_code, Some(552));
+    }
+
+    #[test]
+    fn copy_of_the_message_is_not_scanned() {
+        let lines = vec!["intro", "Return-Path: <a@b.example>", "Received: by x", "Subject: hi", "", "body"];
+        assert_eq!(returned_copy_start(&lines), Some(1));
+        let prose = vec!["To: someone", "Subject: hello", "Date: today"];
+        assert_eq!(returned_copy_start(&prose), None);
+    }
+}

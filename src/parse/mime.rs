@@ -1,0 +1,229 @@
+//! The MIME layer: runs mail-parser once and sorts the parts of the report by what they carry
+//! (delivery-status, feedback-report, the human-readable text, the returned message or its headers).
+//! Only the report's own parts are walked; the attached original is read for its headers alone, so the
+//! walk has no recursion whatever the nesting of the input.
+
+use std::borrow::Cow;
+
+use mail_parser::{Address, Message, MimeHeaders, PartType};
+
+use super::OriginalMessage;
+use super::text::html_to_text;
+
+/// Upper bound of human-readable text kept per message: bounce explanations are short, and scanning the
+/// whole of a huge attachment-like text part would only cost time.
+const MAX_TEXT: usize = 256 * 1024;
+
+/// What the report's MIME structure holds, sorted by role.
+#[derive(Debug, Default)]
+pub(crate) struct Walk<'a> {
+    /// `report-type` parameter of a top-level multipart/report, lowercase.
+    pub report_type: Option<String>,
+    /// Bodies of message/delivery-status (and message/global-delivery-status) parts.
+    pub delivery_status: Vec<Cow<'a, str>>,
+    /// Body of the message/feedback-report part.
+    pub feedback: Option<Cow<'a, str>>,
+    /// Human-readable text of the report (text/plain parts, or text/html rendered as text when there is no
+    /// plain text), in order, without the attached original.
+    pub texts: Vec<Cow<'a, str>>,
+    /// Raw bytes of the attached original (message/rfc822 or text/rfc822-headers part body), if any.
+    pub original_raw: Option<&'a [u8]>,
+    /// Headers of the returned message, when attached.
+    pub original: Option<OriginalMessage>,
+    /// Recipients (To and Cc) of the returned message, lowercased, for free-text scoring.
+    pub original_recipients: Vec<String>,
+    /// Sender addresses of the returned message (From, Sender, Return-Path), lowercased.
+    pub original_senders: Vec<String>,
+}
+
+/// The first address of an address header, if any.
+pub(crate) fn first_address(addr: Option<&Address<'_>>) -> Option<String> {
+    addr.and_then(|a| a.first()).and_then(|a| a.address.as_deref()).map(str::to_string)
+}
+
+fn all_addresses(addr: Option<&Address<'_>>, out: &mut Vec<String>) {
+    if let Some(a) = addr {
+        for one in a.iter() {
+            if let Some(x) = one.address.as_deref() {
+                out.push(x.to_ascii_lowercase());
+            }
+        }
+    }
+}
+
+fn content_type_of(part: &mail_parser::MessagePart<'_>) -> (String, String) {
+    match part.content_type() {
+        Some(ct) => (ct.ctype().to_ascii_lowercase(), ct.subtype().unwrap_or("").to_ascii_lowercase()),
+        None => ("text".to_string(), "plain".to_string()),
+    }
+}
+
+fn body_text<'a>(part: &'a mail_parser::MessagePart<'a>) -> Cow<'a, str> {
+    match &part.body {
+        PartType::Text(t) | PartType::Html(t) => Cow::Borrowed(t.as_ref()),
+        PartType::Binary(b) | PartType::InlineBinary(b) => String::from_utf8_lossy(b),
+        PartType::Message(m) => String::from_utf8_lossy(m.raw_message()),
+        PartType::Multipart(_) => Cow::Borrowed(""),
+    }
+}
+
+fn cap(text: Cow<'_, str>) -> Cow<'_, str> {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text {
+        Cow::Borrowed(s) => Cow::Borrowed(&s[..end]),
+        Cow::Owned(mut s) => {
+            s.truncate(end);
+            Cow::Owned(s)
+        }
+    }
+}
+
+/// What the returned message tells about itself.
+#[derive(Debug)]
+pub(crate) struct Original {
+    /// Its Message-ID, From, To and Subject.
+    pub headers: OriginalMessage,
+    /// Its recipients (To, Cc, then the `for` clauses of its Received fields), lowercased.
+    pub recipients: Vec<String>,
+    /// Its sender addresses (From, Sender, Return-Path), lowercased.
+    pub senders: Vec<String>,
+}
+
+/// Reads a returned message (or a header block). `None` when it has no Message-ID, From, To or Subject.
+pub(crate) fn read_original(m: &Message<'_>) -> Option<Original> {
+    let headers = OriginalMessage {
+        message_id: m.message_id().map(str::to_string),
+        from: first_address(m.from()),
+        to: first_address(m.to()),
+        subject: m.subject().map(str::to_string),
+    };
+    if headers == OriginalMessage::default() {
+        return None;
+    }
+    let mut recipients = Vec::new();
+    all_addresses(m.to(), &mut recipients);
+    all_addresses(m.cc(), &mut recipients);
+    // Received fields are kept raw by our parser (see `detect::parser`); their `for <addr>` clause names
+    // the envelope recipient.
+    for value in m.header_values("Received") {
+        if let Some(addr) = value.as_text().and_then(received_for) {
+            recipients.push(addr);
+        }
+    }
+    let mut senders = Vec::new();
+    all_addresses(m.from(), &mut senders);
+    all_addresses(m.sender(), &mut senders);
+    if let Some(rp) = m.return_address() {
+        senders.push(rp.to_ascii_lowercase());
+    }
+    Some(Original { headers, recipients, senders })
+}
+
+impl Walk<'_> {
+    /// Records what the returned message tells about itself.
+    pub(crate) fn set_original(&mut self, o: Original) {
+        self.original = Some(o.headers);
+        self.original_recipients = o.recipients;
+        self.original_senders = o.senders;
+    }
+}
+
+/// The address of the `for` clause of a Received field (RFC 5321 §4.4), lowercased.
+fn received_for(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    let mut from = 0;
+    while let Some(rel) = super::text::find_ci(&value[from..], "for") {
+        let at = from + rel;
+        from = at + 3;
+        let spaced = |i: Option<&u8>| i.is_some_and(u8::is_ascii_whitespace);
+        if at == 0 || !spaced(b.get(at - 1)) || !spaced(b.get(at + 3)) {
+            continue;
+        }
+        let rest = value[at + 3..].trim_start();
+        let end = rest.find([';', ' ', '\t', '\r', '\n']).unwrap_or(rest.len());
+        return super::text::clean_address(&rest[..end]).filter(|a| a.contains('@')).map(|a| a.to_ascii_lowercase());
+    }
+    None
+}
+
+fn original_from_header_text(bytes: &[u8], walk: &mut Walk<'_>) {
+    if let Some(o) = super::detect::parser().parse_headers(bytes).as_ref().and_then(read_original) {
+        walk.set_original(o);
+    }
+}
+
+/// The raw body of `part` within `message`.
+fn part_bytes<'a>(message: &'a Message<'a>, part: &mail_parser::MessagePart<'_>) -> Option<&'a [u8]> {
+    message.raw_message.get(part.offset_body as usize..part.offset_end as usize)
+}
+
+/// Sorts the parts of `message` (the report itself) by role.
+pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
+    let mut walk = Walk::default();
+    if let Some(ct) = message.content_type()
+        && ct.ctype().eq_ignore_ascii_case("multipart")
+        && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    {
+        walk.report_type = ct.attribute("report-type").map(|r| r.trim().to_ascii_lowercase());
+    }
+    let mut html: Vec<&'a str> = Vec::new();
+    let mut text_len = 0usize;
+    for part in &message.parts {
+        let (ctype, subtype) = content_type_of(part);
+        match (ctype.as_str(), subtype.as_str(), &part.body) {
+            (_, _, PartType::Multipart(_)) => {}
+            ("message", "delivery-status" | "global-delivery-status", _)
+            | ("text", "delivery-status", _) => walk.delivery_status.push(body_text(part)),
+            ("message", "feedback-report", _) | ("text", "feedback-report", _) => {
+                if walk.feedback.is_none() {
+                    walk.feedback = Some(body_text(part));
+                }
+            }
+            (_, _, PartType::Message(m)) => {
+                if walk.original_raw.is_none() {
+                    if let Some(o) = read_original(m) {
+                        walk.set_original(o);
+                    }
+                    walk.original_raw = part_bytes(message, part).or(Some(&[]));
+                }
+            }
+            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _) => {
+                if walk.original_raw.is_none() {
+                    let bytes = match &part.body {
+                        PartType::Text(t) | PartType::Html(t) => t.as_bytes(),
+                        PartType::Binary(b) | PartType::InlineBinary(b) => b.as_ref(),
+                        _ => &[],
+                    };
+                    original_from_header_text(bytes, &mut walk);
+                    walk.original_raw = Some(bytes);
+                }
+            }
+            (_, _, PartType::Text(t)) if text_len < MAX_TEXT => {
+                text_len += t.len();
+                walk.texts.push(cap(Cow::Borrowed(t.as_ref())));
+            }
+            (_, _, PartType::Html(t)) if text_len < MAX_TEXT => html.push(t.as_ref()),
+            _ => {}
+        }
+    }
+    if walk.texts.iter().all(|t| t.trim().is_empty()) {
+        walk.texts.extend(html.into_iter().map(|h| Cow::Owned(html_to_text(&cap(Cow::Borrowed(h))))));
+    }
+    walk
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn received_for_clause() {
+        let v = "from a by b with esmtp id x\n\tfor <Kiji@Example.ORG>; Fri, 01 Oct 2010 19:15:19 +0900";
+        assert_eq!(super::received_for(v).as_deref(), Some("kiji@example.org"));
+        assert_eq!(super::received_for("from forum.example by b; date").as_deref(), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! SMTP signals inside diagnostic text: the reply code (RFC 5321 §4.2), the enhanced status code
+//! (RFC 3463 `class.subject.detail`) and the SMTP command that was answered.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Whether the byte before `i` allows a code to start there (not part of a longer number or word). A status
+/// code may follow `-` (`550-5.7.26`); a reply code may not (`id-550`).
+fn boundary_before(b: &[u8], i: usize, strict: bool) -> bool {
+    i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.' || (strict && b[i - 1] == b'-'))
+}
+
+/// Positions where a code can start (its class digit 2, 4 or 5), found with memchr.
+fn code_starts(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr3_iter(b'2', b'4', b'5', b)
+}
+
+/// The enhanced status code starting at byte `i`, if one does (`class.subject.detail`, 1–3 digits each, not
+/// followed by more of a dotted number).
+fn status_at(b: &[u8], i: usize) -> Option<String> {
+    if !matches!(b.get(i), Some(b'2' | b'4' | b'5')) || b.get(i + 1) != Some(&b'.') {
+        return None;
+    }
+    let digits = |from: usize| {
+        let mut k = from;
+        while k < b.len() && b[k].is_ascii_digit() && k - from < 3 {
+            k += 1;
+        }
+        k
+    };
+    let j = digits(i + 2);
+    if j == i + 2 || b.get(j) != Some(&b'.') {
+        return None;
+    }
+    let k = digits(j + 1);
+    if k == j + 1 {
+        return None;
+    }
+    let ends_clean = match b.get(k) {
+        None => true,
+        Some(c) => !(c.is_ascii_alphanumeric() || (*c == b'.' && b.get(k + 1).is_some_and(u8::is_ascii_digit))),
+    };
+    // Only ASCII bytes were read, so the range is valid UTF-8.
+    ends_clean.then(|| b[i..k].iter().map(|&c| c as char).collect())
+}
+
+/// Finds the first RFC 3463 enhanced status code (`2.x.x`, `4.x.x`, `5.x.x`) in `text`. A dotted quad such
+/// as an IPv4 address is not a status code.
+pub(crate) fn enhanced_status(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    code_starts(b).find_map(|i| if boundary_before(b, i, false) { status_at(b, i) } else { None })
+}
+
+/// The reply code starting at byte `i`, if one stands there as its own token.
+fn reply_at(b: &[u8], i: usize) -> Option<u16> {
+    if i + 2 >= b.len()
+        || !matches!(b[i], b'2' | b'4' | b'5')
+        || !(b'0'..=b'5').contains(&b[i + 1])
+        || !b[i + 2].is_ascii_digit()
+        || !boundary_before(b, i, true)
+    {
+        return None;
+    }
+    let ok = match b.get(i + 3) {
+        None => true,
+        // "550-5.7.1" and "550-Mailbox" are multi-line replies; "555-1234" is a phone number.
+        Some(b'-') => match (b.get(i + 4), b.get(i + 5)) {
+            (Some(d), Some(next)) if d.is_ascii_digit() => *next == b'.',
+            _ => true,
+        },
+        Some(c) => matches!(c, b' ' | b')' | b'\t' | b',' | b']' | b';' | b':'),
+    };
+    ok.then(|| u16::from(b[i] - b'0') * 100 + u16::from(b[i + 1] - b'0') * 10 + u16::from(b[i + 2] - b'0'))
+}
+
+/// Finds the first plausible SMTP reply code (2yz, 4yz, 5yz with y in 0..=5) standing as its own token, e.g.
+/// `550 `, `550-`, `#550`, `(550)`. Numbers inside longer numbers, dates or addresses are skipped.
+pub(crate) fn reply_code(text: &str) -> Option<u16> {
+    let b = text.as_bytes();
+    code_starts(b).find_map(|i| reply_at(b, i))
+}
+
+/// The reply code and enhanced status code that a diagnostic reports, read as a remote server's reply.
+///
+/// A diagnostic often quotes more than one reply: a transcript (`250 2.1.5 Ok … 451 4.3.0 Error`), a
+/// wrapper around the remote answer (`5.1.0 - Unknown address error 550-'5.2.2 Mailbox full'`,
+/// `554 4.4.7 Message expired <421 4.4.2 Connection timed out>`). The reply that explains the failure is the
+/// last failure reply (4yz/5yz) carrying an enhanced status; without one, the first status and the first
+/// reply code found are used.
+pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
+    let b = text.as_bytes();
+    let mut best: Option<(u16, String)> = None;
+    for pos in code_starts(b) {
+        let Some(code) = reply_at(b, pos).filter(|c| *c >= 400) else { continue };
+        // The enhanced status follows the reply code after separators: "550 5.1.1", "550-'5.2.2", "550 #5.7.1".
+        let mut j = pos + 3;
+        while j < b.len() && j < pos + 8 && matches!(b[j], b' ' | b'-' | b'\'' | b'"' | b'#' | b'(' | b'\t') {
+            j += 1;
+        }
+        if let Some(status) = status_at(b, j) {
+            best = Some((code, status));
+        }
+    }
+    match best {
+        Some((code, status)) => (Some(code), Some(status)),
+        None => {
+            // "554 <a@b>... 550 Host unknown": the remote reply quoted last explains the failure.
+            let last_failure = memchr::memchr3_iter(b'2', b'4', b'5', b).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400));
+            (last_failure.or_else(|| reply_code(text)), enhanced_status(text))
+        }
+    }
+}
+
+/// Phrases naming the SMTP command a reply answered, and that command. One case-insensitive pass finds the
+/// earliest: a transcript mentions commands in order and prose names the failing one first.
+const COMMAND_PHRASES: &[(&str, &str)] = &[
+    ("end of data", "DATA"),
+    ("after data", "DATA"),
+    ("data command", "DATA"),
+    ("message body", "DATA"),
+    ("after end of", "DATA"),
+    (">>> data", "DATA"),
+    ("rcpt to", "RCPT"),
+    ("rcpt command", "RCPT"),
+    (">>> rcpt", "RCPT"),
+    ("mail from", "MAIL"),
+    ("mail command", "MAIL"),
+    (">>> mail", "MAIL"),
+    ("sender was rejected", "MAIL"),
+    ("ehlo", "HELO"),
+    ("helo", "HELO"),
+    ("initial connection", "CONN"),
+    ("greeting", "CONN"),
+    ("banner", "CONN"),
+    ("connect to", "CONN"),
+    ("connection refused", "CONN"),
+    ("connection timed out", "CONN"),
+];
+
+fn command_regex() -> &'static Regex {
+    static RE: LazyLock<Regex> = LazyLock::new(|| {
+        let alternation: Vec<String> = COMMAND_PHRASES.iter().map(|(p, _)| regex::escape(p)).collect();
+        // The pattern is built from the constant list above; it always compiles.
+        Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
+    });
+    &RE
+}
+
+/// Which SMTP command the diagnostic answers, from the wording MTAs use ("in reply to RCPT TO command",
+/// "after end of data", "while talking to", "SMTP error from remote mail server after MAIL FROM", ...).
+/// Returns `CONN`, `HELO`, `MAIL`, `RCPT` or `DATA`.
+pub(crate) fn smtp_command(text: &str) -> Option<&'static str> {
+    let found = command_regex().find(text)?.as_str().to_ascii_lowercase();
+    COMMAND_PHRASES.iter().find(|(p, _)| *p == found).map(|(_, cmd)| *cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_are_found_and_ip_addresses_are_not() {
+        assert_eq!(enhanced_status("host 10.5.1.1 said 550 5.1.1 unknown").as_deref(), Some("5.1.1"));
+        assert_eq!(enhanced_status("from 192.0.2.5.1.2").as_deref(), None);
+        assert_eq!(enhanced_status("#5.7.606 Access denied").as_deref(), Some("5.7.606"));
+        assert_eq!(enhanced_status("550-5.7.26 unauthenticated").as_deref(), Some("5.7.26"));
+        assert_eq!(enhanced_status("version 5.0"), None);
+    }
+
+    #[test]
+    fn reply_codes_stand_alone() {
+        assert_eq!(reply_code("host said: 550 5.1.1 no such user"), Some(550));
+        assert_eq!(reply_code("550-5.7.1 blocked"), Some(550));
+        assert_eq!(reply_code("id 12550 at 2010-04-29 then 421 try later"), Some(421));
+        assert_eq!(reply_code("#550 5.1.1 RESOLVER"), Some(550));
+        assert_eq!(reply_code("no code 5.1.1 here"), None);
+        assert_eq!(reply_code("phone 555-1234"), None);
+    }
+
+    #[test]
+    fn codes_take_the_failure_reply_that_explains() {
+        assert_eq!(codes("550 5.1.1 unknown"), (Some(550), Some("5.1.1".into())));
+        assert_eq!(
+            codes("5.1.0 - Unknown address error 550-'5.2.2 <a@b.example>... Mailbox Full'"),
+            (Some(550), Some("5.2.2".into()))
+        );
+        assert_eq!(
+            codes("554 4.4.7 Message expired: unable to deliver in 840 minutes.<421 4.4.2 Connection timed out>"),
+            (Some(421), Some("4.4.2".into()))
+        );
+        assert_eq!(
+            codes("Out: 250 2.1.5 Ok In: DATA Out: 451 4.3.0 Error: queue file write error Out: 221 2.0.0 Bye"),
+            (Some(451), Some("4.3.0".into()))
+        );
+        assert_eq!(codes("553 sorry, in my badrcptto list (#5.7.1)"), (Some(553), Some("5.7.1".into())));
+        assert_eq!(codes("250 2.1.5 Ok"), (Some(250), Some("2.1.5".into())));
+        assert_eq!(codes("no codes"), (None, None));
+        assert_eq!(codes("554 <a@b.example>... 550 Host unknown"), (Some(550), None));
+        assert_eq!(codes("<a@b.example>: 550: : User unknown"), (Some(550), None));
+    }
+
+    #[test]
+    fn smtp_command_from_wording() {
+        assert_eq!(smtp_command("550 5.1.1 unknown (in reply to RCPT TO command)"), Some("RCPT"));
+        assert_eq!(smtp_command("SMTP error from remote mail server after end of data: 554"), Some("DATA"));
+        assert_eq!(smtp_command("SMTP error from remote mail server after MAIL FROM:<a@b.example>"), Some("MAIL"));
+        assert_eq!(smtp_command("550 user unknown"), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! Behaviour of `rebound::parse` on hand-written fixtures (tests/fixtures/messages, see its README):
+//! each kind of report, each line ending, and bad input that must never panic.
+
+use std::path::PathBuf;
+
+use rebound::parse::{Kind, Parsed, parse};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/messages").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
+}
+
+fn to_crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 20);
+    for &b in raw {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn to_cr(raw: &[u8]) -> Vec<u8> {
+    raw.iter().map(|&b| if b == b'\n' { b'\r' } else { b }).collect()
+}
+
+fn rcpts(p: &Parsed) -> Vec<&str> {
+    p.recipients.iter().map(|r| r.recipient.as_str()).collect()
+}
+
+/// Parses a fixture with LF, CRLF and CR-only line ends and checks the three agree.
+fn parse_all_endings(name: &str) -> Parsed {
+    let raw = fixture(name);
+    let lf = parse(&raw);
+    for (label, variant) in [("CRLF", to_crlf(&raw)), ("CR", to_cr(&raw))] {
+        let other = parse(&variant);
+        assert_eq!(other.kind, lf.kind, "{name} {label}: kind differs");
+        assert_eq!(rcpts(&other), rcpts(&lf), "{name} {label}: recipients differ");
+        for (a, b) in other.recipients.iter().zip(&lf.recipients) {
+            assert_eq!(a.status, b.status, "{name} {label}: status differs");
+            assert_eq!(a.reply_code, b.reply_code, "{name} {label}: reply code differs");
+            assert_eq!(a.diagnostic, b.diagnostic, "{name} {label}: diagnostic differs");
+            assert_eq!(a.smtp_command, b.smtp_command, "{name} {label}: smtp command differs");
+        }
+        assert_eq!(other.feedback, lf.feedback, "{name} {label}: feedback differs");
+        assert_eq!(other.original, lf.original, "{name} {label}: original differs");
+    }
+    lf
+}
+
+#[test]
+fn dsn_reads_every_per_recipient_field() {
+    let p = parse_all_endings("dsn-postfix.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(p.subject.as_deref(), Some("Undelivered Mail Returned to Sender"));
+    assert_eq!(p.message_id.as_deref(), Some("20261201100005.A1B2C3@mx1.example.com"));
+    assert_eq!(rcpts(&p), ["nobody@example.org", "full@example.net"]);
+    let a = &p.recipients[0];
+    assert_eq!(a.original_recipient.as_deref(), Some("Nobody@example.org"));
+    assert_eq!(a.action.as_deref(), Some("failed"));
+    assert_eq!(a.status.as_deref(), Some("5.1.1"));
+    assert_eq!(a.reply_code, Some(550));
+    assert_eq!(a.diagnostic_type.as_deref(), Some("smtp"));
+    assert_eq!(
+        a.diagnostic.as_deref(),
+        Some("550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown in virtual mailbox table")
+    );
+    assert_eq!(a.smtp_command.as_deref(), Some("RCPT"), "command comes from the human-readable part");
+    assert_eq!(a.remote_mta.as_deref(), Some("mx.example.org"));
+    assert_eq!(a.reporting_mta.as_deref(), Some("mx1.example.com"));
+    assert_eq!(a.arrival_date.as_deref(), Some("Tue, 1 Dec 2026 10:00:01 +0000 (UTC)"));
+    let b = &p.recipients[1];
+    assert_eq!(b.status.as_deref(), Some("5.2.2"));
+    assert_eq!(b.reply_code, Some(552));
+    assert_eq!(b.smtp_command.as_deref(), Some("DATA"));
+    assert_eq!(b.last_attempt_date.as_deref(), Some("Tue, 1 Dec 2026 10:00:04 +0000 (UTC)"));
+    let o = p.original.expect("original message headers");
+    assert_eq!(o.message_id.as_deref(), Some("figures-2026@example.com"));
+    assert_eq!(o.from.as_deref(), Some("sender@example.com"));
+    assert_eq!(o.to.as_deref(), Some("nobody@example.org"));
+    assert_eq!(o.subject.as_deref(), Some("Quarterly figures"));
+    assert!(p.parse_error.is_none());
+}
+
+#[test]
+fn delayed_dsn_with_rfc822_headers_part() {
+    let p = parse_all_endings("dsn-delayed-headers-only.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["slow@example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!(r.action.as_deref(), Some("delayed"));
+    assert_eq!(r.status.as_deref(), Some("4.4.1"));
+    assert_eq!(r.diagnostic_type, None);
+    assert!(r.diagnostic.as_deref().is_some_and(|d| d.contains("Connection timed out")), "{:?}", r.diagnostic);
+    assert_eq!(r.smtp_command.as_deref(), Some("CONN"));
+    let o = p.original.expect("headers part");
+    assert_eq!(o.message_id.as_deref(), Some("minutes-42@example.com"));
+    assert_eq!(o.subject.as_deref(), Some("Minutes of the meeting"));
+}
+
+#[test]
+fn qmail_free_text_bounce() {
+    let p = parse_all_endings("bounce-qmail.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["gone@example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!(r.status.as_deref(), Some("5.1.1"));
+    assert_eq!(r.reply_code, Some(550));
+    assert!(r.diagnostic.as_deref().is_some_and(|d| d.contains("Recipient address rejected")));
+    assert_eq!(p.original.and_then(|o| o.message_id).as_deref(), Some("20261201091159.4242.qmail@mail.example.net"));
+}
+
+#[test]
+fn exim_free_text_bounce_with_two_recipients() {
+    let p = parse_all_endings("bounce-exim.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["nouser@example.org", "quota@example.net"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
+    assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"));
+    assert_eq!(p.recipients[1].status.as_deref(), Some("4.2.2"));
+    assert_eq!(p.recipients[1].reply_code, Some(452));
+    assert_eq!(p.recipients[1].smtp_command.as_deref(), Some("DATA"));
+}
+
+#[test]
+fn sendmail_free_text_bounce_with_transcript() {
+    let p = parse_all_endings("bounce-sendmail.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["unknown@example.org"], "the sender in the transcript is not a recipient");
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
+    assert_eq!(p.recipients[0].reply_code, Some(550));
+}
+
+#[test]
+fn html_only_exchange_report() {
+    let p = parse_all_endings("bounce-exchange-html.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["finance.head@corp.example.com"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.10"));
+    assert_eq!(p.recipients[0].reply_code, Some(550));
+}
+
+#[test]
+fn arf_abuse_report_keeps_every_field() {
+    let p = parse_all_endings("arf-abuse.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback");
+    assert_eq!(f.feedback_type, "abuse");
+    assert_eq!(f.version.as_deref(), Some("1"));
+    assert_eq!(f.original_rcpt_to, ["<reader@isp.example.net>", "<second@isp.example.net>"]);
+    assert_eq!(f.reported_uris, ["http://example.com/unsubscribe"]);
+    assert_eq!(f.incidents, Some(2));
+    assert_eq!(f.reporting_mta.as_deref(), Some("dns; mail.isp.example.net"));
+    assert!(f.has_original);
+    assert_eq!(f.fields.len(), 12);
+    assert_eq!(f.fields[5].0, "Original-Rcpt-To");
+    assert_eq!(rcpts(&p), ["reader@isp.example.net"]);
+    assert_eq!(p.original.and_then(|o| o.subject).as_deref(), Some("Weekly offers"));
+}
+
+#[test]
+fn rfc6591_dkim_auth_failure_report() {
+    let p = parse_all_endings("arf-auth-failure-dkim.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.expect("feedback");
+    assert_eq!(f.feedback_type, "auth-failure");
+    assert_eq!(f.auth_failure.as_deref(), Some("signature"));
+    assert_eq!(f.source_ip.as_deref(), Some("203.0.113.5"));
+    assert_eq!(f.source_port, Some(52100));
+    assert_eq!(f.delivery_result.as_deref(), Some("spam"));
+    assert_eq!(f.identity_alignment.as_deref(), Some("none"));
+    assert_eq!(f.dkim_domain.as_deref(), Some("sender.example"));
+    assert_eq!(f.dkim_identity.as_deref(), Some("@sender.example"));
+    assert_eq!(f.dkim_selector.as_deref(), Some("sel1"));
+    assert_eq!(f.dkim_canonicalized_header.as_deref(), Some("ZnJvbTpuZXdzQHNlbmRlci5leGFtcGxl"));
+    assert_eq!(f.dkim_canonicalized_body.as_deref(), Some("SGVsbG8="));
+    assert_eq!(f.dkim_selector_dns.as_deref(), Some("v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3"));
+    assert_eq!(
+        f.authentication_results,
+        ["mx.receiver.example.org; dkim=fail reason=\"signature verification failed\" header.d=sender.example header.s=sel1"]
+    );
+    assert_eq!(f.reported_domains, ["sender.example"]);
+    assert!(f.has_original, "text/rfc822-headers counts as the original");
+    assert!(f.fields.iter().any(|(n, v)| n == "Source-IP" && v == "203.0.113.5 (out.sender.example)"));
+}
+
+#[test]
+fn bare_feedback_block_without_mime() {
+    let p = parse_all_endings("arf-bare-spf.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback");
+    assert_eq!(f.auth_failure.as_deref(), Some("spf"));
+    assert_eq!(f.version.as_deref(), Some("1.0"));
+    assert_eq!(f.spf_dns.len(), 2);
+    assert!(!f.has_original);
+    assert_eq!(rcpts(&p), ["monitor.example"], "no Original-Rcpt-To: the reported domain stands in");
+}
+
+#[test]
+fn vacation_reply_by_headers() {
+    let p = parse_all_endings("autoreply-vacation.eml");
+    assert_eq!(p.kind, Kind::Autoreply);
+    assert_eq!(rcpts(&p), ["colleague@example.org"]);
+    assert!(p.recipients[0].diagnostic.as_deref().is_some_and(|d| d.starts_with("I am away")));
+}
+
+#[test]
+fn vacation_reply_by_encoded_subject() {
+    let p = parse_all_endings("autoreply-subject-only.eml");
+    assert_eq!(p.kind, Kind::Autoreply);
+    assert_eq!(rcpts(&p), ["marie.dupont@example.fr"]);
+}
+
+#[test]
+fn amazon_ses_json_notification() {
+    let p = parse_all_endings("ses-bounce.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["missing@customer.example"]);
+    let r = &p.recipients[0];
+    assert_eq!((r.status.as_deref(), r.reply_code), (Some("5.1.1"), Some(550)));
+    assert_eq!(r.reporting_mta.as_deref(), Some("a1-2.smtp-out.example.com"));
+}
+
+#[test]
+fn ordinary_mail_stays_unparsed_with_a_reason() {
+    let p = parse_all_endings("not-a-bounce.eml");
+    assert_eq!(p.kind, Kind::Unparsed);
+    assert!(p.recipients.is_empty());
+    assert!(p.parse_error.is_some());
+    assert_eq!(p.subject.as_deref(), Some("Our December newsletter"), "headers are still read");
+}
+
+#[test]
+fn truncated_mime_still_yields_the_recipient() {
+    let p = parse_all_endings("malformed-truncated-mime.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["lost@example.org"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"), "status from the text part");
+    assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"));
+}
+
+#[test]
+fn eight_bit_headers_and_unknown_charset() {
+    let p = parse_all_endings("malformed-8bit-charset.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["absent@example.org"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
+    assert!(p.subject.is_some_and(|s| s.starts_with("Mail delivery failed")));
+}
+
+#[test]
+fn empty_and_blank_input_is_unparsed() {
+    for raw in [&b""[..], b"\n", b"\r\n\r\n", b"   \t  "] {
+        let p = parse(raw);
+        assert_eq!(p.kind, Kind::Unparsed);
+        assert_eq!(p.parse_error.as_deref(), Some("empty message"));
+    }
+}
+
+#[test]
+fn binary_garbage_is_unparsed_without_panic() {
+    // A deterministic pseudo-random byte stream (xorshift), plus NUL-heavy and 0xFF-heavy inputs.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for raw in [noise.clone(), vec![0u8; 4096], vec![0xFF; 4096]] {
+        let p = parse(&raw);
+        assert_eq!(p.kind, Kind::Unparsed);
+        assert!(p.parse_error.as_deref().is_some_and(|e| !e.contains("internal error")), "{:?}", p.parse_error);
+    }
+    // Every prefix of a real report parses without reaching the last-resort guard.
+    let dsn = fixture("dsn-postfix.eml");
+    for cut in (0..dsn.len()).step_by(7) {
+        let p = parse(&dsn[..cut]);
+        assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")), "prefix {cut}");
+    }
+    // Random bytes spliced into a real report.
+    let mut spliced = dsn.clone();
+    for (i, b) in noise.iter().take(2000).enumerate() {
+        let at = (i * 131) % spliced.len();
+        spliced[at] = *b;
+    }
+    let p = parse(&spliced);
+    assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
+}
+
+#[test]
+fn deeply_nested_multiparts_are_bounded() {
+    let depth = 5_000;
+    let mut raw = String::from("From: MAILER-DAEMON@example.net\nSubject: nested\nMIME-Version: 1.0\n");
+    for i in 0..depth {
+        raw.push_str(&format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n"));
+    }
+    raw.push_str("Content-Type: text/plain\n\n<deep@example.org>: 550 5.1.1 unknown user\n");
+    for i in (0..depth).rev() {
+        raw.push_str(&format!("--b{i}--\n"));
+    }
+    let p = parse(raw.as_bytes());
+    assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
+
+    let mut nested = String::new();
+    for _ in 0..depth {
+        nested.push_str("From: a@example.net\nContent-Type: message/rfc822\n\n");
+    }
+    nested.push_str("From: b@example.net\n\nbody\n");
+    let p = parse(nested.as_bytes());
+    assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
+}
+
+#[test]
+fn huge_input_is_parsed_in_bounded_time() {
+    let mut raw = fixture("bounce-exim.eml");
+    let filler = "x".repeat(76) + "\n";
+    for _ in 0..(40 * 1024 * 1024 / filler.len()) {
+        raw.extend_from_slice(filler.as_bytes());
+    }
+    let start = std::time::Instant::now();
+    let p = parse(&raw);
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["nouser@example.org", "quota@example.net"]);
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+}
+
+#[test]
+fn unparsed_constructor_keeps_the_reason() {
+    let p = Parsed::unparsed("message over the size limit");
+    assert_eq!(p.kind, Kind::Unparsed);
+    assert_eq!(p.parse_error.as_deref(), Some("message over the size limit"));
+    assert!(p.recipients.is_empty() && p.feedback.is_none() && p.original.is_none());
+}
