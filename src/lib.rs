@@ -5,6 +5,7 @@
 //! `parse` and `classify` are pure: no I/O, no database, no async.
 
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod parse;

@@ -91,6 +91,12 @@ R = [
 ("mailboxfull", None, "5.2.2", "Amazon SES: Bounce type: Transient, subtype: MailboxFull", "Amazon SES"),
 ("mailboxfull", 552, None, "Mail box full", "spelling variant"),
 ("mailboxfull", 552, None, "mail-box is ful", "misspelling"),
+("mailboxfull", 550, "5.1.1", "user over quota. (#5.1.1)", "qmail-toaster: the status code says userunknown, the text says full"),
+("mailboxfull", 550, "5.1.1", "Mailbox full: user is over quota", "status code lies (5.1.1)"),
+("mailboxfull", 550, "5.1.1", "Recipient mailbox full, cannot deliver", "status code lies (5.1.1)"),
+("mailboxfull", 554, "5.0.0", "Recipient's mailbox is full, message bounced", "generic 5.0.0"),
+("userunknown", 550, "5.2.2", "User unknown, mailbox does not exist", "status code lies (5.2.2)"),
+("userunknown", 554, "5.0.0", "No such user here", "generic 5.0.0"),
 # ---- expired
 ("expired", None, "4.4.7", "delivery temporarily suspended: connect to mx.example.org[192.0.2.1]:25: Connection timed out", "Postfix"),
 ("expired", None, None, "retry timeout exceeded", "Exim"),
@@ -113,7 +119,7 @@ R = [
 ("hostunknown", None, None, "Sorry, I couldn't find any host named example.invalid. (#5.1.2)", "qmail"),
 ("hostunknown", 550, "5.1.2", "Host unknown (Name server: example.invalid: host not found)", "Sendmail"),
 ("hostunknown", 550, "5.4.310", "DNS domain example.invalid does not exist [Message=InfoDomainNonexistent]", "Exchange Online"),
-("hostunknown", None, None, "Unrouteable mail domain \"example.invalid\"", "Exim"),
+("networkerror", None, None, "Unrouteable mail domain \"example.invalid\"", "Exim"),
 ("hostunknown", None, None, "domain does not exist", "paraphrase"),
 ("hostunknown", None, None, "Die Domain des Empfängers existiert nicht", "paraphrase (de)"),
 ("hostunknown", None, "5.1.2", "Recipient domain not found: no MX or A record", "paraphrase"),
@@ -140,7 +146,6 @@ R = [
 ("rejected", 553, None, "sorry, your envelope sender domain must exist (#5.7.1)", "qmail"),
 ("rejected", 550, None, "Verification failed for <sender@example.com>; unrouteable address; Sender verify failed", "Exim"),
 ("rejected", 550, None, "Absender abgelehnt: Absenderadresse ungültig", "paraphrase (de)"),
-("rejected", 550, "5.7.1", "Unauthenticated senders not allowed; sender address rejected", "paraphrase"),
 # ---- blocked (connecting host / IP)
 ("blocked", 554, "5.7.1", "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/192.0.2.1", "Postfix"),
 ("blocked", 550, "5.7.1", "Service unavailable; client [192.0.2.1] blocked using bl.spamcop.net", "Postfix"),
@@ -192,10 +197,10 @@ R = [
 ("suspend", 550, None, "Das Konto des Empfängers ist gesperrt", "paraphrase (de)"),
 ("suspend", 550, None, "Compte désactivé", "paraphrase (fr)"),
 # ---- networkerror
-("networkerror", None, "4.4.1", "connect to mx.example.org[192.0.2.1]:25: Connection refused", "Postfix"),
+("expired", None, "4.4.1", "connect to mx.example.org[192.0.2.1]:25: Connection refused", "Postfix (4.4.1: no answer from host, Sisimai counts it expired)"),
 ("networkerror", None, None, "lost connection with mx.example.org[192.0.2.1] while sending RCPT TO", "Postfix"),
 ("networkerror", None, "5.4.6", "mail for example.org loops back to myself", "Postfix"),
-("networkerror", None, None, "Connection timed out", "Exim"),
+("expired", None, None, "Connection timed out", "Exim"),
 ("networkerror", None, None, "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)", "qmail"),
 ("networkerror", None, None, "too many hops, this message is looping", "paraphrase"),
 ("networkerror", None, "5.4.14", "Hop count exceeded - possible mail loop", "Exchange"),
@@ -298,6 +303,27 @@ R = [
 ("feedback", None, None, "This is an authentication failure report for an email message received from IP 192.0.2.1", "ARF auth-failure"),
 ]
 
+# Rows whose reason depends on the SMTP command that failed (the convention of the open bounce analysers:
+# a recipient refused after DATA was refused by a content filter, "filtered"; a refusal of MAIL FROM is about
+# the sender, "rejected"). Each tuple: (reason, reply_code, status, smtp_command, text, source).
+C = [
+("filtered", 550, None, "DATA", "User unknown", "after end of DATA"),
+("filtered", 550, None, "DATA", "No such user", "after end of DATA"),
+("filtered", 550, None, "DATA", "Recipient address rejected: user does not exist", "after end of DATA"),
+("filtered", 550, None, "DATA", "mailbox unavailable: unknown recipient", "after end of DATA"),
+("filtered", 550, "5.2.0", None, "Mailbox unavailable: user unknown", "x.2.0: other mailbox status"),
+("userunknown", 550, "5.1.1", "RCPT", "User unknown", "in reply to RCPT TO"),
+("userunknown", 550, None, "RCPT", "No such user", "in reply to RCPT TO"),
+("userunknown", 550, None, "RCPT", "Recipient address rejected: user does not exist", "in reply to RCPT TO"),
+("rejected", 550, "5.7.1", "MAIL", "Access denied", "in reply to MAIL FROM"),
+("rejected", 553, None, "MAIL", "Sender address rejected: not permitted", "in reply to MAIL FROM"),
+("rejected", 501, "5.1.7", "MAIL", "Bad sender address syntax", "in reply to MAIL FROM"),
+("expired", None, "4.4.1", "CONN", "No answer from host; connection timed out", "x.4.1 no answer from host"),
+]
+
 for reason, reply, status, text, source in R:
     print(json.dumps({"text": text, "status": status, "reply_code": reply, "reason": reason,
                       "source": source}, ensure_ascii=False))
+for reason, reply, status, command, text, source in C:
+    print(json.dumps({"text": text, "status": status, "reply_code": reply, "reason": reason,
+                      "smtp_command": command, "source": source}, ensure_ascii=False))
