@@ -78,14 +78,19 @@ impl Signals {
     }
 
     /// What the structured-signal prior ([`status::classify`]) says of these signals alone.
-    pub fn prior(&self) -> String {
+    pub fn prior_classification(&self) -> super::Classification {
         let recipient = Recipient {
             status: self.status.clone(),
             reply_code: self.reply_code,
             action: self.action.clone(),
             ..Recipient::default()
         };
-        status::classify(self.kind.unwrap_or(Kind::Bounce), &recipient).reason
+        status::classify(self.kind.unwrap_or(Kind::Bounce), &recipient)
+    }
+
+    /// The reason the structured-signal prior names (`onhold` when it does not decide).
+    pub fn prior(&self) -> String {
+        self.prior_classification().reason
     }
 
     /// Whether the signals say the failure is permanent (5.x.x status or 5xx reply; failed action otherwise).

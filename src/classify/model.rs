@@ -84,6 +84,11 @@ pub struct ModelConfig {
     pub examples: usize,
     /// When it was trained (RFC 3339).
     pub trained_at: String,
+    /// Weight β of the status prior fused at inference: `logits + β·log q`, where q puts the prior's
+    /// confidence on the reason the status prior ([`super::status`]) names and spreads the rest evenly.
+    /// 0 = the network alone (it still sees the prior's verdict as a signal token).
+    #[serde(default)]
+    pub prior_weight: f32,
 }
 
 /// A loaded model.
@@ -345,9 +350,34 @@ impl Model {
             .collect()
     }
 
+    /// Set the status prior's weight (see [`ModelConfig::prior_weight`]).
+    pub fn set_prior_weight(&mut self, weight: f32) {
+        self.config.prior_weight = weight;
+    }
+
+    /// Add the status prior's log-probabilities, weighted, to the network's logits.
+    fn fuse(&self, logits: &mut [f32], signals: &Signals) {
+        let beta = self.config.prior_weight;
+        if beta == 0.0 {
+            return;
+        }
+        let prior = signals.prior_classification();
+        let Some(k) = self.labels.iter().position(|l| l.name == prior.reason) else { return };
+        if prior.reason == "onhold" || prior.confidence <= 0.0 {
+            return;
+        }
+        let c = prior.confidence.clamp(1e-3, 1.0 - 1e-3);
+        let rest = ((1.0 - c) / (logits.len().max(2) - 1) as f32).ln();
+        for (i, l) in logits.iter_mut().enumerate() {
+            *l += beta * if i == k { c.ln() } else { rest };
+        }
+    }
+
     /// Label probabilities for one input, in label order.
     pub fn probabilities(&self, text: &str, signals: &Signals) -> Vec<f32> {
-        softmax(&self.logits(&self.encode(text, signals, false), None, None))
+        let mut logits = self.logits(&self.encode(text, signals, false), None, None);
+        self.fuse(&mut logits, signals);
+        softmax(&logits)
     }
 
     /// Classify one input: the most likely label, or `onhold` when its probability is below `min_confidence`.
@@ -383,7 +413,8 @@ impl Model {
     /// winning label's logit drops when each is left out.
     pub fn explain(&self, text: &str, signals: &Signals, min_confidence: f32, top_n: usize) -> Explanation {
         let enc = self.encode(text, signals, true);
-        let logits = self.logits(&enc, None, None);
+        let mut logits = self.logits(&enc, None, None);
+        self.fuse(&mut logits, signals);
         let probs = softmax(&logits);
         let classification = self.verdict(&probs, signals, min_confidence);
         let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);

@@ -66,6 +66,8 @@ pub struct TrainConfig {
     /// Label smoothing ε: the target puts 1-ε on the label and ε spread over all labels, which keeps the
     /// confidence of a bag-of-features model from saturating on texts it knows little about.
     pub label_smoothing: f32,
+    /// Weight of the status prior fused at inference (stored in config.json).
+    pub prior_weight: f32,
 }
 
 impl Default for TrainConfig {
@@ -83,6 +85,7 @@ impl Default for TrainConfig {
             class_weight_power: 0.5,
             feature_dropout: 0.1,
             label_smoothing: 0.1,
+            prior_weight: 0.0,
         }
     }
 }
@@ -310,6 +313,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         seed: cfg.seed,
         examples: examples.len(),
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        prior_weight: cfg.prior_weight,
     };
     let flat = |v: &Var| -> Result<Vec<f32>, candle_core::Error> {
         v.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()

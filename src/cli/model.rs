@@ -77,6 +77,9 @@ pub struct TrainOptions {
     /// Class weight exponent: 0 plain, 1 balanced.
     #[arg(long, default_value_t = TrainConfig::default().class_weight_power)]
     pub class_weight_power: f32,
+    /// Weight of the status prior fused at inference (0 = the network alone).
+    #[arg(long, default_value_t = TrainConfig::default().prior_weight)]
+    pub prior_weight: f32,
     /// Use .eml labels from every source, not only label_from = tests.
     #[arg(long)]
     pub all_labels: bool,
@@ -89,6 +92,7 @@ impl TrainOptions {
             epochs: self.epochs,
             dim: self.dim,
             class_weight_power: self.class_weight_power,
+            prior_weight: self.prior_weight,
             ..TrainConfig::default()
         }
     }
@@ -143,6 +147,10 @@ pub struct EvalArgs {
     /// Print every misclassified item.
     #[arg(long)]
     pub errors: bool,
+    /// With --kfold, also report the accuracy each of these status-prior weights would give (same folds,
+    /// same trained models), e.g. `--sweep-prior-weight 0,0.5,1,2`.
+    #[arg(long, value_delimiter = ',', value_name = "W,...")]
+    pub sweep_prior_weight: Vec<f32>,
     /// Training options for --kfold.
     #[command(flatten)]
     pub train: TrainOptions,
@@ -419,6 +427,7 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
         load_eml_corpus(&args.train.shared, args.train.all_labels)?
     };
     let mut preds = Vec::new();
+    let mut sweep = vec![(0usize, 0usize); args.sweep_prior_weight.len()];
     for fold in 0..k {
         let test: Vec<usize> = (0..items.len()).filter(|&i| fold_of[key(&items[i]).as_str()] == fold).collect();
         let test_groups: BTreeSet<&str> = test.iter().map(|&i| items[i].group.as_str()).collect();
@@ -430,7 +439,14 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
         }
         train_items.extend(shared.iter());
         let started = Instant::now();
-        let model = train(&examples(&train_items), label_set(&[]), &args.train.config())?;
+        let mut model = train(&examples(&train_items), label_set(&[]), &args.train.config())?;
+        for (j, &w) in args.sweep_prior_weight.iter().enumerate() {
+            model.set_prior_weight(w);
+            let p = predict(&model, items, &test, args.min_confidence);
+            sweep[j].0 += p.iter().filter(|(i, l, _)| *l == items[*i].label).count();
+            sweep[j].1 += p.len();
+        }
+        model.set_prior_weight(args.train.prior_weight);
         let p = predict(&model, items, &test, args.min_confidence);
         let correct = p.iter().filter(|(i, l, _)| *l == items[*i].label).count();
         eprintln!(
@@ -441,6 +457,9 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
             p.len()
         );
         preds.extend(p);
+    }
+    for (&w, (ok, n)) in args.sweep_prior_weight.iter().zip(&sweep) {
+        eprintln!("prior weight {w}: accuracy {:.4} ({ok}/{n})", *ok as f64 / (*n).max(1) as f64);
     }
     preds.sort_by_key(|p| p.0);
     Ok(preds)
