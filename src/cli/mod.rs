@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod db;
 pub mod ingest;
+pub mod model;
 pub mod serve;
 
 use std::io::IsTerminal;
@@ -50,6 +51,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Database maintenance.
     Db(db::DbArgs),
+    /// Train, evaluate and perturb the classifier's model.
+    Model(model::ModelArgs),
 }
 
 /// Where the database is: `--db`, else `REBOUND_DB`, else `[database] url` of `--config`, else the default.
@@ -133,6 +136,7 @@ pub fn main() -> i32 {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Classify(args) => classify::run(args),
             Command::Db(args) => db::run(args).await,
+            Command::Model(args) => model::run(args).await.map_err(Failure::data),
         }
     });
     // Do not wait for blocking reader threads of an import that stopped early.
