@@ -9,7 +9,9 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod parse;
+pub mod report;
 pub mod serve;
+pub mod spf;
 pub mod store;
 
 /// Exit codes of the CLI (sysexits.h), part of the CLI contract in docs/.

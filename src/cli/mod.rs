@@ -6,6 +6,7 @@ pub mod db;
 pub mod ingest;
 pub mod model;
 pub mod serve;
+pub mod spf;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub enum Command {
     Db(db::DbArgs),
     /// Train, evaluate and perturb the classifier's model.
     Model(model::ModelArgs),
+    /// SPF checks (RFC 7208): `rebound spf check --ip IP --helo NAME --mail-from ADDR`.
+    Spf(spf::SpfArgs),
 }
 
 /// Where the database is: `--db`, else `REBOUND_DB`, else `[database] url` of `--config`, else the default.
@@ -137,6 +140,7 @@ pub fn main() -> i32 {
             Command::Classify(args) => classify::run(args),
             Command::Db(args) => db::run(args).await,
             Command::Model(args) => model::run(args).await.map_err(Failure::data),
+            Command::Spf(args) => spf::run(args).await.map_err(Failure::temporary),
         }
     });
     // Do not wait for blocking reader threads of an import that stopped early.

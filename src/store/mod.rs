@@ -11,6 +11,7 @@
 mod categories;
 mod error;
 mod save;
+pub mod spf;
 
 use std::str::FromStr;
 use std::time::Duration;

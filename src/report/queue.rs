@@ -1,0 +1,187 @@
+//! From a finished policy check to the database: the `spf_checks` rows of every check, and, for a MAIL
+//! FROM check that the domain asked reports for and that passes every safety rule, the signed report
+//! in the outbox, in the same transaction ([`run_writer`]). Checks that arrive together are written in
+//! one transaction (group commit), so a burst costs one commit, not one per check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::arf::{self, FailureReport};
+use super::config::{Rate, ReportConfigError, ReportSpfConfig};
+use super::dkim::{DkimError, DkimKey};
+use super::{Planned, plan};
+use crate::spf::config::Network;
+use crate::spf::policy::CheckEvent;
+use crate::spf::{Identity, IdentityCheck};
+use crate::store::Store;
+use crate::store::spf::{CheckItem, Queued, ReportToQueue, SpfCheckRow};
+
+/// Checks written per transaction at most.
+const BATCH: usize = 256;
+
+/// Builds and signs reports under one `[report.spf]` configuration.
+#[derive(Debug)]
+pub struct Reporter {
+    config: ReportSpfConfig,
+    rate: Rate,
+    own_networks: Vec<Network>,
+    keys: Vec<DkimKey>,
+    reporting_mta: String,
+}
+
+impl Reporter {
+    /// A reporter; `keys` are the loaded `[dkim.NAME]` keys named in `sign`.
+    pub fn new(config: ReportSpfConfig, keys: Vec<DkimKey>, reporting_mta: String) -> Result<Reporter, ReportConfigError> {
+        config.validate()?;
+        let rate = config.rate()?;
+        let own_networks = config.own_networks()?;
+        Ok(Reporter { config, rate, own_networks, keys, reporting_mta })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReportSpfConfig {
+        &self.config
+    }
+
+    /// The outbox entry for a check's MAIL FROM failure, if the rules allow one (rate limits and
+    /// suppression are decided by the store, in the transaction).
+    fn draft(&self, event: &CheckEvent, row: usize, check: &IdentityCheck) -> Option<(Planned, ReportToQueue)> {
+        let sample = rand::random::<u8>() % 100;
+        let planned = plan(check, event.client_ip, &self.config, &self.own_networks, sample).ok()?;
+        let entry = ReportToQueue {
+            row,
+            kind: "spf-failure",
+            domain: planned.request.domain.clone(),
+            address: planned.request.address.clone(),
+            mail_from: event.mail_from.clone(),
+            message: Vec::new(),
+            per_address: self.rate.count,
+            period: self.rate.period,
+            max_per_hour: self.config.max_per_hour,
+        };
+        Some((planned, entry))
+    }
+
+    /// The signed report message.
+    pub fn message(&self, event: &CheckEvent, check: &IdentityCheck, to: &str) -> Result<Vec<u8>, DkimError> {
+        let rcpts: Vec<String> = if event.recipient.is_empty() { vec![] } else { vec![event.recipient.clone()] };
+        let headers = vec![event.received_spf.clone(), event.authentication_results.clone()];
+        let ar = event.authentication_results.strip_prefix("Authentication-Results: ").unwrap_or(&event.authentication_results);
+        let mechanism = check.outcome.decision.as_ref().map_or("(none)", |d| d.mechanism.as_str());
+        let ar = format!("{ar} (mechanism {mechanism})");
+        let report = FailureReport {
+            reporting_mta: &self.reporting_mta,
+            arrival: event.at,
+            source_ip: event.client_ip,
+            original_mail_from: &event.mail_from,
+            original_rcpt_to: &rcpts,
+            check,
+            rejected: event.action.starts_with('5') || event.action.starts_with('4'),
+            headers: &headers,
+            authentication_results: &ar,
+        };
+        let mut message = arf::build(&report, &self.config.from_name, &self.config.from_address, to, &self.config.subject);
+        for key in &self.keys {
+            message = key.sign(&message)?;
+        }
+        Ok(message)
+    }
+}
+
+/// The `spf_checks` rows of an event, and the index of the MAIL FROM row.
+pub fn rows(event: &CheckEvent) -> (Vec<SpfCheckRow>, Option<usize>) {
+    let mut rows = Vec::new();
+    let mut mail_from_row = None;
+    for check in event.verdict.helo.iter().chain(event.verdict.mail_from.iter()) {
+        if check.identity == Identity::MailFrom {
+            mail_from_row = Some(rows.len());
+        }
+        let decision = check.outcome.decision.as_ref();
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        rows.push(SpfCheckRow {
+            checked_at: event.at,
+            client_ip: event.client_ip.to_canonical().to_string(),
+            client_name: None,
+            helo: opt(&event.helo),
+            mail_from: opt(&event.mail_from),
+            rcpt_to: opt(&event.recipient),
+            queue_id: opt(&event.queue_id),
+            identity: match check.identity {
+                Identity::Helo => "helo",
+                Identity::MailFrom => "mail_from",
+            },
+            domain: check.outcome.domain.clone(),
+            result: check.result().as_str(),
+            explanation: check.outcome.explanation.clone().or_else(|| check.outcome.problem.clone()),
+            record: decision.map(|d| d.record.clone()),
+            mechanism: decision.map(|d| d.mechanism.clone()),
+            action: Some(event.action.clone()),
+        });
+    }
+    (rows, mail_from_row)
+}
+
+/// Writes every check received on `events` to `store` (with its report when `reporter` plans one) until
+/// the channel closes. A failed write is retried with a growing pause before the batch is given up.
+pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, reporter: Option<Arc<Reporter>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = events.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < BATCH {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        for event in &batch {
+            items.push(item(&store, event, reporter.as_deref()).await);
+        }
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match store.save_spf_checks(&items).await {
+                Ok(results) => {
+                    for (_, queued) in results {
+                        if let Some(Queued::Queued(id)) = queued {
+                            tracing::info!(report_id = id, "spf report queued");
+                        }
+                    }
+                    break;
+                }
+                Err(e) if attempt < 5 && e.is_temporary() => {
+                    tracing::warn!("spf checks not saved yet ({e}); retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    tracing::error!("spf checks lost: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>) -> CheckItem {
+    let (rows, mail_from_row) = rows(event);
+    let mut item = CheckItem { rows, report: None };
+    let (Some(reporter), Some(row), Some(check)) = (reporter, mail_from_row, event.verdict.mail_from.as_ref()) else {
+        return item;
+    };
+    let Some((planned, mut entry)) = reporter.draft(event, row, check) else { return item };
+    // Building and signing is the expensive part: skip it when the address has had its share.
+    if store.report_limit_reached(&entry).await.unwrap_or(false) {
+        return item;
+    }
+    match reporter.message(event, check, &planned.request.address) {
+        Ok(message) => {
+            entry.message = message;
+            item.report = Some(entry);
+        }
+        Err(e) => tracing::error!("spf report to {} not built: {e}", planned.request.address),
+    }
+    item
+}

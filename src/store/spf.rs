@@ -1,0 +1,441 @@
+//! The SPF side of the store: `spf_checks` rows (one per identity checked), the report outbox
+//! (`outgoing_reports`) written in the same transaction as the check that caused it, the database-held
+//! limits (`rate_limits`: per report address and a global hourly cap; suppression of addresses whose
+//! reports bounced, from `bounces`), and the sender's side: claiming due reports (`FOR UPDATE SKIP
+//! LOCKED` on Postgres, so several processes can share one database) and recording every attempt in
+//! `report_attempts`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{Backend, Pool, Store, StoreError};
+
+/// One `spf_checks` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpfCheckRow {
+    /// When the check ran.
+    pub checked_at: DateTime<Utc>,
+    /// The SMTP client.
+    pub client_ip: String,
+    /// Its reverse name as the MTA saw it, if any.
+    pub client_name: Option<String>,
+    /// HELO as sent.
+    pub helo: Option<String>,
+    /// MAIL FROM as sent.
+    pub mail_from: Option<String>,
+    /// The recipient of the request.
+    pub rcpt_to: Option<String>,
+    /// The MTA's queue id.
+    pub queue_id: Option<String>,
+    /// `helo` or `mail_from`.
+    pub identity: &'static str,
+    /// The domain checked.
+    pub domain: String,
+    /// The result word.
+    pub result: &'static str,
+    /// The explanation of a fail.
+    pub explanation: Option<String>,
+    /// The record that decided.
+    pub record: Option<String>,
+    /// The term that decided.
+    pub mechanism: Option<String>,
+    /// What the policy answered.
+    pub action: Option<String>,
+}
+
+/// A report to queue with a check, if the limits allow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportToQueue {
+    /// Index, in the item's rows, of the check the report is about.
+    pub row: usize,
+    /// `kind` column (e.g. `spf-failure`).
+    pub kind: &'static str,
+    /// The reported domain.
+    pub domain: String,
+    /// The RFC 6652 address.
+    pub address: String,
+    /// The MAIL FROM of the failing message.
+    pub mail_from: String,
+    /// The complete signed message.
+    pub message: Vec<u8>,
+    /// Reports per address per period.
+    pub per_address: u32,
+    /// That period.
+    pub period: Duration,
+    /// Reports per hour in all.
+    pub max_per_hour: u32,
+}
+
+/// One check (its rows) and perhaps a report, written together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckItem {
+    /// The rows (one per identity).
+    pub rows: Vec<SpfCheckRow>,
+    /// The report, if one was planned.
+    pub report: Option<ReportToQueue>,
+}
+
+/// What happened to a planned report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// In the outbox under this id.
+    Queued(i64),
+    /// The address had a hard bounce: reports to it stop.
+    Suppressed,
+    /// The address had its share for the period.
+    RateLimited,
+    /// The global hourly cap is reached.
+    HourlyCap,
+}
+
+/// A report claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedReport {
+    /// Outbox id.
+    pub id: i64,
+    /// Where to.
+    pub address: String,
+    /// The message.
+    pub message: Vec<u8>,
+    /// Attempts before this one.
+    pub attempts: i64,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Accepted by the relay.
+    Sent,
+    /// Failed, will be retried.
+    Temporary,
+    /// Failed for good.
+    Permanent,
+}
+
+impl AttemptOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Sent => "sent",
+            AttemptOutcome::Temporary => "temporary",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// Start of the fixed window of `period` that holds `now`.
+fn window_start(now: DateTime<Utc>, period: Duration) -> DateTime<Utc> {
+    let p = period.as_secs().max(1) as i64;
+    let t = now.timestamp().div_euclid(p) * p;
+    Utc.timestamp_opt(t, 0).single().unwrap_or(now)
+}
+
+fn sqlite_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn postgres_time(t: &DateTime<Utc>) -> DateTime<Utc> {
+    *t
+}
+
+const INSERT_CHECK: &str = "INSERT INTO spf_checks (checked_at, client_ip, client_name, helo, mail_from, rcpt_to, \
+     queue_id, identity, domain, result, explanation, record, mechanism, action) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id";
+const SUPPRESSED: &str = "SELECT COUNT(*) FROM bounces WHERE lower(recipient) = lower($1) AND hard_bounce";
+const RATE_COUNT: &str = "SELECT count FROM rate_limits WHERE key = $1 AND window_start = $2";
+const RATE_TAKE: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
+     ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + 1 WHERE rate_limits.count < $3 \
+     RETURNING count";
+const INSERT_REPORT: &str = "INSERT INTO outgoing_reports (created_at, check_id, kind, domain, report_address, \
+     mail_from, message, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $1) RETURNING id";
+const CLAIM_SQLITE: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
+     WHERE id IN (SELECT id FROM outgoing_reports \
+       WHERE (status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3) \
+       ORDER BY id LIMIT $4) \
+     RETURNING id, report_address, message, attempts";
+const CLAIM_POSTGRES: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
+     WHERE id IN (SELECT id FROM outgoing_reports \
+       WHERE (status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3) \
+       ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, report_address, message, attempts";
+const INSERT_ATTEMPT: &str = "INSERT INTO report_attempts (report_id, attempted_at, outcome, smtp_code, detail, \
+     duration_ms) VALUES ($1, $2, $3, $4, $5, $6)";
+const FINISH_SENT: &str = "UPDATE outgoing_reports SET status = 'sent', attempts = attempts + 1, sent_at = $2, \
+     last_error = NULL, claimed_by = NULL, claimed_until = NULL WHERE id = $1";
+const FINISH_RETRY: &str = "UPDATE outgoing_reports SET status = 'queued', attempts = attempts + 1, \
+     next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL WHERE id = $1";
+const FINISH_FAILED: &str = "UPDATE outgoing_reports SET status = 'failed', attempts = attempts + 1, \
+     last_error = $2, claimed_by = NULL, claimed_until = NULL WHERE id = $1";
+
+/// The statements, written once for both backends.
+macro_rules! spf_functions {
+    ($db:ty, $time:path, $claim:expr) => {
+        use super::*;
+
+        pub(super) async fn write_item(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            item: &CheckItem,
+            now: DateTime<Utc>,
+        ) -> Result<(Vec<i64>, Option<Queued>), sqlx::Error> {
+            let mut ids = Vec::with_capacity(item.rows.len());
+            for r in &item.rows {
+                let id: i64 = sqlx::query_scalar(INSERT_CHECK)
+                    .bind($time(&r.checked_at))
+                    .bind(&r.client_ip)
+                    .bind(&r.client_name)
+                    .bind(&r.helo)
+                    .bind(&r.mail_from)
+                    .bind(&r.rcpt_to)
+                    .bind(&r.queue_id)
+                    .bind(r.identity)
+                    .bind(&r.domain)
+                    .bind(r.result)
+                    .bind(&r.explanation)
+                    .bind(&r.record)
+                    .bind(&r.mechanism)
+                    .bind(&r.action)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                ids.push(id);
+            }
+            let Some(report) = &item.report else { return Ok((ids, None)) };
+            let bounced: i64 = sqlx::query_scalar(SUPPRESSED).bind(&report.address).fetch_one(&mut *conn).await?;
+            if bounced > 0 {
+                return Ok((ids, Some(Queued::Suppressed)));
+            }
+            let hour = window_start(now, Duration::from_secs(3600));
+            let global: Option<i64> = sqlx::query_scalar(RATE_COUNT)
+                .bind(GLOBAL_KEY)
+                .bind($time(&hour))
+                .fetch_optional(&mut *conn)
+                .await?;
+            if global.unwrap_or(0) >= i64::from(report.max_per_hour) {
+                return Ok((ids, Some(Queued::HourlyCap)));
+            }
+            let window = window_start(now, report.period);
+            let key = format!("spf-report:{}", report.address.to_ascii_lowercase());
+            let took: Option<i64> = sqlx::query_scalar(RATE_TAKE)
+                .bind(&key)
+                .bind($time(&window))
+                .bind(i64::from(report.per_address))
+                .fetch_optional(&mut *conn)
+                .await?;
+            if took.is_none() || i64::from(report.per_address) == 0 {
+                return Ok((ids, Some(Queued::RateLimited)));
+            }
+            let took: Option<i64> = sqlx::query_scalar(RATE_TAKE)
+                .bind(GLOBAL_KEY)
+                .bind($time(&hour))
+                .bind(i64::from(report.max_per_hour))
+                .fetch_optional(&mut *conn)
+                .await?;
+            if took.is_none() {
+                return Ok((ids, Some(Queued::HourlyCap)));
+            }
+            let id: i64 = sqlx::query_scalar(INSERT_REPORT)
+                .bind($time(&now))
+                .bind(ids.get(report.row).copied())
+                .bind(report.kind)
+                .bind(&report.domain)
+                .bind(&report.address)
+                .bind(&report.mail_from)
+                .bind(&report.message)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok((ids, Some(Queued::Queued(id))))
+        }
+
+        pub(super) async fn limit_reached(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            report: &ReportToQueue,
+            now: DateTime<Utc>,
+        ) -> Result<bool, sqlx::Error> {
+            let window = window_start(now, report.period);
+            let key = format!("spf-report:{}", report.address.to_ascii_lowercase());
+            let used: Option<i64> =
+                sqlx::query_scalar(RATE_COUNT).bind(&key).bind($time(&window)).fetch_optional(&mut *conn).await?;
+            Ok(used.unwrap_or(0) >= i64::from(report.per_address))
+        }
+
+        pub(super) async fn claim(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            worker: &str,
+            limit: i64,
+            lease: Duration,
+            now: DateTime<Utc>,
+        ) -> Result<Vec<ClaimedReport>, sqlx::Error> {
+            let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
+            let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as($claim)
+                .bind(worker)
+                .bind($time(&until))
+                .bind($time(&now))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, address, message, attempts)| ClaimedReport { id, address, message, attempts })
+                .collect())
+        }
+
+        pub(super) async fn finish(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            id: i64,
+            outcome: AttemptOutcome,
+            smtp_code: Option<i64>,
+            detail: &str,
+            duration_ms: i64,
+            retry_at: Option<DateTime<Utc>>,
+            now: DateTime<Utc>,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(INSERT_ATTEMPT)
+                .bind(id)
+                .bind($time(&now))
+                .bind(outcome.as_str())
+                .bind(smtp_code)
+                .bind(detail)
+                .bind(duration_ms)
+                .execute(&mut *conn)
+                .await?;
+            match (outcome, retry_at) {
+                (AttemptOutcome::Sent, _) => {
+                    sqlx::query(FINISH_SENT).bind(id).bind($time(&now)).execute(&mut *conn).await?;
+                }
+                (AttemptOutcome::Temporary, Some(at)) => {
+                    sqlx::query(FINISH_RETRY).bind(id).bind($time(&at)).bind(detail).execute(&mut *conn).await?;
+                }
+                _ => {
+                    sqlx::query(FINISH_FAILED).bind(id).bind(detail).execute(&mut *conn).await?;
+                }
+            }
+            Ok(())
+        }
+    };
+}
+
+/// The global hourly counter's key.
+const GLOBAL_KEY: &str = "spf-report:*";
+
+mod sqlite_spf {
+    spf_functions!(sqlx::Sqlite, sqlite_time, CLAIM_SQLITE);
+}
+
+mod postgres_spf {
+    spf_functions!(sqlx::Postgres, postgres_time, CLAIM_POSTGRES);
+}
+
+impl Store {
+    /// Writes checks, and the reports planned with them, in one transaction; returns, per item, the
+    /// `spf_checks` ids and what became of its report.
+    pub async fn save_spf_checks(&self, items: &[CheckItem]) -> Result<Vec<(Vec<i64>, Option<Queued>)>, StoreError> {
+        let now = Utc::now();
+        let context = || format!("cannot save {} SPF check(s) in {}", items.len(), self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(sqlite_spf::write_item(&mut tx, item, now).await.map_err(err)?);
+                }
+                tx.commit().await.map_err(err)?;
+                Ok(out)
+            }
+            Pool::Postgres(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
+                let mut tx = pool.begin().await.map_err(err)?;
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(postgres_spf::write_item(&mut tx, item, now).await.map_err(err)?);
+                }
+                tx.commit().await.map_err(err)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// A cheap look before building and signing a report: has this address had its share already? (The
+    /// decision that counts is taken again inside [`Store::save_spf_checks`]'s transaction.)
+    pub async fn report_limit_reached(&self, report: &ReportToQueue) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let context = || format!("cannot read rate limits in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
+                let mut conn = pool.acquire().await.map_err(err)?;
+                sqlite_spf::limit_reached(&mut conn, report, now).await.map_err(err)
+            }
+            Pool::Postgres(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
+                let mut conn = pool.acquire().await.map_err(err)?;
+                postgres_spf::limit_reached(&mut conn, report, now).await.map_err(err)
+            }
+        }
+    }
+
+    /// Claims up to `limit` due reports for `worker` for `lease` (a report whose lease ran out, because
+    /// its sender died, is due again).
+    pub async fn claim_reports(&self, worker: &str, limit: i64, lease: Duration) -> Result<Vec<ClaimedReport>, StoreError> {
+        let now = Utc::now();
+        let context = || format!("cannot claim reports in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+                let claimed = sqlite_spf::claim(&mut tx, worker, limit, lease, now).await.map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                Ok(claimed)
+            }
+            Pool::Postgres(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
+                let mut tx = pool.begin().await.map_err(err)?;
+                let claimed = postgres_spf::claim(&mut tx, worker, limit, lease, now).await.map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                Ok(claimed)
+            }
+        }
+    }
+
+    /// Records one delivery attempt and its consequence: sent, queued again at `retry_at`, or failed
+    /// (a temporary failure without `retry_at` is final).
+    pub async fn record_report_attempt(
+        &self,
+        id: i64,
+        outcome: AttemptOutcome,
+        smtp_code: Option<i64>,
+        detail: &str,
+        duration_ms: i64,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let context = || format!("cannot record the delivery attempt of report {id} in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+                sqlite_spf::finish(&mut tx, id, outcome, smtp_code, detail, duration_ms, retry_at, now).await.map_err(err)?;
+                tx.commit().await.map_err(err)
+            }
+            Pool::Postgres(pool) => {
+                let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
+                let mut tx = pool.begin().await.map_err(err)?;
+                postgres_spf::finish(&mut tx, id, outcome, smtp_code, detail, duration_ms, retry_at, now)
+                    .await
+                    .map_err(err)?;
+                tx.commit().await.map_err(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_aligned() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 1, 13, 47, 12).unwrap();
+        assert_eq!(window_start(t, Duration::from_secs(3600)), Utc.with_ymd_and_hms(2026, 12, 1, 13, 0, 0).unwrap());
+        assert_eq!(window_start(t, Duration::from_secs(86_400)), Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
+    }
+}

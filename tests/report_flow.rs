@@ -1,0 +1,361 @@
+//! SPF failure reports end to end, with real parts only: a DNS server on 127.0.0.1 (the domain's SPF
+//! record with `ra=`, and our DKIM public keys), the policy server, the writer into a SQLite database,
+//! the sender, and an SMTP sink on 127.0.0.1. The report must parse as RFC 6591 ARF (mail-auth), carry
+//! its feedback part 7bit, and its RSA and Ed25519 DKIM signatures must verify (mail-auth, and dkimpy
+//! when python3-dkim is installed). A flood gives exactly the rate limit's number of reports; a relay
+//! that answers 451 gets the report again later, every attempt recorded; the kill switch stops sending.
+
+mod spf_support;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mail_auth::report::{AuthFailureType, Feedback};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use rebound::report::config::{ReportSpfConfig, SmtpConfig};
+use rebound::report::dkim::{Algorithm, DkimKey, DkimKeyConfig};
+use rebound::report::queue::{Reporter, run_writer};
+use rebound::report::sender::Sender;
+use rebound::spf::Verifier;
+use rebound::spf::config::PolicyMode;
+use rebound::spf::dns::{DnsOptions, DnsResolver, DnsServers};
+use rebound::spf::policy::{PolicyService, PolicySettings};
+use rebound::store::Store;
+use spf_support::{DnsServer, Rec, start, txt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkim").join(name)
+}
+
+fn public(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).unwrap().trim().to_string()
+}
+
+async fn zone() -> DnsServer {
+    start(&[
+        ("example.com", txt("v=spf1 ip4:192.0.2.0/24 -all ra=spf-reports rr=f:s")),
+        ("quiet.example", txt("v=spf1 ip4:192.0.2.0/24 -all")),
+        ("rsa._domainkey.ours.example", txt(&format!("v=DKIM1; k=rsa; p={}", public("rsa2048.pub.b64")))),
+        ("ed._domainkey.ours.example", txt(&format!("v=DKIM1; k=ed25519; p={}", public("ed25519.pub.b64")))),
+    ])
+    .await
+}
+
+/// What the sink received: (MAIL FROM, RCPT TO, DATA).
+type Inbox = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A small SMTP server: answers RCPT with the next code from `rcpt_codes` (250 when empty).
+async fn smtp_sink(rcpt_codes: Arc<Mutex<VecDeque<u16>>>) -> (SocketAddr, Inbox) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inbox: Inbox = Arc::default();
+    let inbox2 = inbox.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { return };
+            let inbox = inbox2.clone();
+            let codes = rcpt_codes.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
+                let (mut from, mut to) = (String::new(), String::new());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let upper = line.to_ascii_uppercase();
+                    let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        "250-sink.test\r\n250 8BITMIME\r\n".into()
+                    } else if upper.starts_with("MAIL FROM:") {
+                        from = line[10..].trim().to_string();
+                        "250 ok\r\n".into()
+                    } else if upper.starts_with("RCPT TO:") {
+                        to = line[8..].trim().to_string();
+                        match codes.lock().unwrap().pop_front().unwrap_or(250) {
+                            250 => "250 ok\r\n".into(),
+                            code => format!("{code} {}.0.0 not now\r\n", code / 100),
+                        }
+                    } else if upper.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go\r\n").await;
+                        let mut data = Vec::new();
+                        loop {
+                            let mut l = Vec::new();
+                            if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if l == b".\r\n" {
+                                break;
+                            }
+                            let l = if l.starts_with(b"..") { l[1..].to_vec() } else { l };
+                            data.extend_from_slice(&l);
+                        }
+                        inbox.lock().unwrap().push((from.clone(), to.clone(), data));
+                        "250 queued\r\n".into()
+                    } else if upper.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        "250 ok\r\n".into()
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, inbox)
+}
+
+struct Setup {
+    dns: DnsServer,
+    store: Store,
+    policy: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(rate: &str) -> Setup {
+    let dns = zone().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+    let keys = vec![
+        DkimKey::load(&DkimKeyConfig {
+            domain: "ours.example".into(),
+            selector: "rsa".into(),
+            key: fixture("rsa2048.pem"),
+            algorithm: Algorithm::RsaSha256,
+        })
+        .unwrap(),
+        DkimKey::load(&DkimKeyConfig {
+            domain: "ours.example".into(),
+            selector: "ed".into(),
+            key: fixture("ed25519.pem"),
+            algorithm: Algorithm::Ed25519Sha256,
+        })
+        .unwrap(),
+    ];
+    let config = ReportSpfConfig {
+        enabled: true,
+        from_address: "reports@ours.example".into(),
+        rate: rate.into(),
+        own_networks: vec![],
+        ..ReportSpfConfig::default()
+    };
+    let reporter = Arc::new(Reporter::new(config, keys, "mx.ours.example".into()).unwrap());
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(run_writer(store.clone(), rx, Some(reporter)));
+    let options = DnsOptions { servers: DnsServers::List(vec![dns.addr]), timeout: Duration::from_millis(300), attempts: 1, ..DnsOptions::default() };
+    let verifier = Verifier::new(DnsResolver::new(&options).unwrap(), "mx.ours.example");
+    let settings = PolicySettings { helo: PolicyMode::Relaxed, mail_from: PolicyMode::Relaxed, auth_serv_id: "mx.ours.example".into(), trusted: vec![] };
+    let service = Arc::new(PolicyService::new(verifier, settings, Some(tx)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let policy = listener.local_addr().unwrap();
+    tokio::spawn(service.serve(listener, std::future::pending()));
+    Setup { dns, store, policy, _dir: dir }
+}
+
+/// Sends `n` failing checks (distinct transactions) for `sender` over one connection.
+async fn fail_checks(policy: SocketAddr, sender: &str, n: usize) {
+    let (r, mut w) = TcpStream::connect(policy).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    for i in 0..n {
+        let req = format!(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=203.0.113.{}\nhelo_name=bad.example.net\n\
+             sender={sender}\nrecipient=victim@ours.example\ninstance=flood.{sender}.{i}\n\n",
+            i % 250 + 1
+        );
+        w.write_all(req.as_bytes()).await.unwrap();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            if line == "\n" {
+                break;
+            }
+        }
+    }
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(store.sqlite_pool().unwrap()).await.unwrap()
+}
+
+async fn wait_for(store: &Store, sql: &str, want: i64) -> i64 {
+    let mut got = 0;
+    for _ in 0..200 {
+        got = count(store, sql).await;
+        if got >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    got
+}
+
+fn sender(s: &Setup, sink: SocketAddr, enabled: bool) -> Sender {
+    let smtp = SmtpConfig { relay: sink.to_string(), ..SmtpConfig::default() };
+    Sender::new(s.store.clone(), &smtp, "reports@ours.example", 8, Arc::new(AtomicBool::new(enabled))).unwrap()
+}
+
+#[tokio::test]
+async fn a_failure_becomes_a_signed_arf_report_delivered_over_smtp() {
+    let s = setup("1/1d").await;
+    fail_checks(s.policy, "someone@example.com", 1).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 1).await, 1);
+    // Written with its check: the outbox row points at the MAIL FROM row of spf_checks.
+    assert_eq!(
+        count(&s.store, "SELECT COUNT(*) FROM outgoing_reports o JOIN spf_checks c ON c.id = o.check_id \
+                         WHERE c.identity = 'mail_from' AND c.result = 'fail' AND o.status = 'queued'").await,
+        1
+    );
+    let (sink, inbox) = smtp_sink(Arc::default()).await;
+    assert_eq!(sender(&s, sink, true).round().await, 1);
+    let (from, to, raw) = inbox.lock().unwrap().pop().expect("a report at the sink");
+    assert_eq!(from, "<reports@ours.example>");
+    assert_eq!(to, "<spf-reports@example.com>");
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent'").await, 1);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM report_attempts WHERE outcome = 'sent'").await, 1);
+
+    let text = String::from_utf8(raw.clone()).unwrap();
+    let part = &text[text.find("Content-Type: message/feedback-report").expect("a feedback part")..];
+    let part_headers = &part[..part.find("\r\n\r\n").unwrap()];
+    assert!(part_headers.contains("\r\nContent-Transfer-Encoding: 7bit"), "{part_headers}");
+    assert!(!text.contains("quoted-printable"), "{text}");
+    let feedback = Feedback::parse_rfc5322(&raw).expect("mail-auth parses the report as ARF");
+    assert_eq!(feedback.auth_failure(), AuthFailureType::Spf);
+    assert_eq!(feedback.source_ip(), Some("203.0.113.1".parse().unwrap()));
+    assert_eq!(feedback.original_mail_from(), Some("<someone@example.com>"));
+    assert_eq!(feedback.original_rcpt_to(), Some("<victim@ours.example>"));
+    assert_eq!(feedback.reported_domain(), &["example.com"]);
+    assert!(feedback.spf_dns().unwrap().contains("v=spf1 ip4:192.0.2.0/24 -all ra=spf-reports"), "{text}");
+    assert!(text.contains("Mechanism that decided: -all"), "{text}");
+    assert!(text.contains("text/rfc822-headers") && text.contains("Received-SPF: fail"), "{text}");
+
+    // Both DKIM signatures verify against the keys published in the test DNS.
+    let mut config = mail_auth::hickory_resolver::config::ResolverConfig::from_parts(None, vec![], vec![]);
+    let mut udp = mail_auth::hickory_resolver::config::ConnectionConfig::udp();
+    udp.port = s.dns.addr.port();
+    config.add_name_server(mail_auth::hickory_resolver::config::NameServerConfig::new(s.dns.addr.ip(), true, vec![udp]));
+    let auth = MessageAuthenticator::new(config, Default::default()).unwrap();
+    let message = AuthenticatedMessage::parse(&raw).unwrap();
+    let results = auth.verify_dkim(&message).await;
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r.result(), &DkimResult::Pass, "{:?}", results.iter().map(|r| (r.signature().map(|s| s.s.clone()), r.result().clone())).collect::<Vec<_>>());
+    }
+    dkimpy_verifies(&raw, &[("rsa", "rsa2048.pub.b64", "rsa"), ("ed", "ed25519.pub.b64", "ed25519")]);
+}
+
+/// An independent DKIM verifier: dkimpy (Debian's python3-dkim), fed the same public keys.
+fn dkimpy_verifies(raw: &[u8], keys: &[(&str, &str, &str)]) {
+    let ok = std::process::Command::new("/usr/bin/python3").args(["-c", "import dkim"]).output().map(|o| o.status.success());
+    if !matches!(ok, Ok(true)) {
+        println!("dkimpy check SKIPPED: /usr/bin/python3 cannot import dkim (apt-get install python3-dkim)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("report.eml");
+    std::fs::write(&msg, raw).unwrap();
+    let mut records = String::new();
+    for (selector, file, k) in keys {
+        records.push_str(&format!("b'{selector}._domainkey.ours.example.': b'v=DKIM1; k={k}; p={}',", public(file)));
+    }
+    let script = format!(
+        "import dkim, sys\nrecs = {{{records}}}\nmsg = open(sys.argv[1], 'rb').read()\n\
+         def dns(name, timeout=5):\n    return recs.get(name if name.endswith(b'.') else name + b'.')\n\
+         d = dkim.DKIM(msg)\nn = sum(1 for h in d.headers if h[0].lower() == b'dkim-signature')\n\
+         ok = [d.verify(idx=i, dnsfunc=dns) for i in range(n)]\nprint(ok)\nsys.exit(0 if len(ok) == 2 and all(ok) else 1)\n"
+    );
+    let out = std::process::Command::new("/usr/bin/python3").arg("-c").arg(&script).arg(&msg).output().unwrap();
+    assert!(out.status.success(), "dkimpy: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_flood_of_failures_gives_exactly_the_rate_limit() {
+    let s = setup("2/1d").await;
+    fail_checks(s.policy, "flood@example.com", 300).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE identity = 'mail_from'", 300).await, 300);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 2);
+    assert_eq!(count(&s.store, "SELECT SUM(count) FROM rate_limits WHERE key = 'spf-report:spf-reports@example.com'").await, 2);
+    // A domain without ra= never gets one.
+    fail_checks(s.policy, "x@quiet.example", 5).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE domain = 'quiet.example'", 5).await, 5);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 2);
+}
+
+#[tokio::test]
+async fn a_deferring_relay_gets_the_report_again_and_every_attempt_is_recorded() {
+    let s = setup("1/1d").await;
+    fail_checks(s.policy, "someone@example.com", 1).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 1).await, 1);
+    let codes = Arc::new(Mutex::new(VecDeque::from([451u16])));
+    let (sink, inbox) = smtp_sink(codes).await;
+    let sender = sender(&s, sink, true);
+    assert_eq!(sender.round().await, 1);
+    assert!(inbox.lock().unwrap().is_empty());
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'queued' AND attempts = 1 AND next_attempt_at > datetime('now')").await, 1);
+    // Not due yet: nothing is claimed.
+    assert_eq!(sender.round().await, 0);
+    sqlx::query("UPDATE outgoing_reports SET next_attempt_at = datetime('now', '-1 second')").execute(s.store.sqlite_pool().unwrap()).await.unwrap();
+    assert_eq!(sender.round().await, 1);
+    assert_eq!(inbox.lock().unwrap().len(), 1);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM report_attempts").await, 2);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM report_attempts WHERE outcome = 'temporary' AND smtp_code = 451").await, 1);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent' AND attempts = 2").await, 1);
+}
+
+#[tokio::test]
+async fn the_kill_switch_stops_sending_and_a_dead_senders_claim_expires() {
+    let s = setup("1/1d").await;
+    fail_checks(s.policy, "someone@example.com", 1).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 1).await, 1);
+    let (sink, inbox) = smtp_sink(Arc::default()).await;
+    let off = sender(&s, sink, false).with_idle(Duration::from_millis(20));
+    off.run(tokio::time::sleep(Duration::from_millis(200))).await;
+    assert!(inbox.lock().unwrap().is_empty());
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'queued'").await, 1);
+    // A sender that claimed the report and died: once its lease is over, the report is delivered.
+    sqlx::query("UPDATE outgoing_reports SET status = 'sending', claimed_by = 'dead', claimed_until = datetime('now', '-1 second')")
+        .execute(s.store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sender(&s, sink, true).round().await, 1);
+    assert_eq!(inbox.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_hard_bounce_from_the_report_address_suppresses_further_reports() {
+    let s = setup("100/1d").await;
+    // Our earlier report to the address bounced: the DSN goes through parse, classify and the store
+    // like any ingested message.
+    let dsn = b"From: MAILER-DAEMON@mx.example.com\r\nTo: reports@ours.example\r\nSubject: Undelivered Mail\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n\
+Final-Recipient: rfc822; SPF-Reports@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <SPF-Reports@example.com>: Recipient address rejected: User unknown\r\n\r\n--b--\r\n";
+    let parsed = rebound::parse::parse(dsn);
+    let classifications = rebound::classify::classify_all(&parsed);
+    assert!(classifications.iter().any(|c| c.hard_bounce), "{classifications:?}");
+    let message = rebound::store::NewMessage {
+        raw: dsn.to_vec(),
+        sha256: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(dsn)).into(),
+        source: "test".into(),
+        parsed,
+        classifications,
+        envelope_from: Some(String::new()),
+        envelope_to: vec!["reports@ours.example".into()],
+    };
+    s.store.save_messages(&[message]).await.unwrap();
+    fail_checks(s.policy, "someone@example.com", 3).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE identity = 'mail_from'", 3).await, 3);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 0);
+}

@@ -1,0 +1,208 @@
+//! A real DNS server for the SPF tests: UDP and TCP on 127.0.0.1, answering from a zone given in the
+//! test (TXT, A, AAAA, MX, PTR; NXDOMAIN for names outside it; no answer at all for `Rec::Timeout`
+//! names, like the RFC 7208 suite's TIMEOUT). Built on hickory-proto's message codec.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// One record of a test zone.
+#[derive(Debug, Clone)]
+pub enum Rec {
+    /// A TXT record of one string (split in 255-octet pieces).
+    Txt(String),
+    /// A TXT record given as its strings.
+    TxtParts(Vec<Vec<u8>>),
+    /// An A record.
+    A(&'static str),
+    /// An AAAA record.
+    Aaaa(&'static str),
+    /// An MX record.
+    Mx(u16, &'static str),
+    /// A PTR record.
+    Ptr(&'static str),
+    /// Queries at this name for types it has no record of get no answer.
+    Timeout,
+}
+
+/// A TXT record.
+pub fn txt(s: &str) -> Rec {
+    Rec::Txt(s.to_string())
+}
+
+/// A running server; stops when dropped.
+pub struct DnsServer {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    queries: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl DnsServer {
+    /// Queries answered or ignored so far.
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    /// `127.0.0.1:PORT`, as `--dns` takes it.
+    pub fn spec(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+type Zone = Arc<HashMap<String, Vec<Rec>>>;
+
+fn name_of(s: &str) -> Name {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Name::root();
+    }
+    Name::from_labels(s.split('.').map(str::as_bytes)).expect("test zone name")
+}
+
+fn key_of(name: &Name) -> String {
+    name.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect::<Vec<_>>().join(".")
+}
+
+/// Starts a server for `zone`.
+pub async fn start(zone: &[(&str, Rec)]) -> DnsServer {
+    let mut map: HashMap<String, Vec<Rec>> = HashMap::new();
+    for (name, rec) in zone {
+        map.entry(name.to_ascii_lowercase().trim_end_matches('.').to_string()).or_default().push(rec.clone());
+    }
+    let zone: Zone = Arc::new(map);
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+    let addr = udp.local_addr().expect("udp addr");
+    let tcp = TcpListener::bind(addr).await.expect("bind tcp on the same port");
+    let queries = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    {
+        let zone = zone.clone();
+        let queries = queries.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else { return };
+                queries.fetch_add(1, Ordering::SeqCst);
+                if let Some(reply) = answer(&zone, &buf[..n]) {
+                    let reply = if reply.len() > 512 { truncated(&buf[..n]) } else { Some(reply) };
+                    if let Some(reply) = reply {
+                        let _ = udp.send_to(&reply, peer).await;
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let zone = zone.clone();
+        let queries = queries.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = tcp.accept().await else { return };
+                let zone = zone.clone();
+                let queries = queries.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut len = [0u8; 2];
+                        if conn.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if conn.read_exact(&mut msg).await.is_err() {
+                            return;
+                        }
+                        queries.fetch_add(1, Ordering::SeqCst);
+                        let Some(reply) = answer(&zone, &msg) else { return };
+                        let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&reply);
+                        if conn.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    DnsServer { addr, queries, tasks }
+}
+
+fn truncated(request: &[u8]) -> Option<Vec<u8>> {
+    let req = Message::from_vec(request).ok()?;
+    let mut reply = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    reply.metadata.truncation = true;
+    reply.metadata.recursion_desired = req.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_queries(req.queries.clone());
+    reply.to_vec().ok()
+}
+
+fn answer(zone: &Zone, request: &[u8]) -> Option<Vec<u8>> {
+    let req = Message::from_vec(request).ok()?;
+    let q = req.queries.first()?.clone();
+    let mut reply = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    reply.metadata.recursion_desired = req.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.metadata.authoritative = true;
+    reply.add_query(q.clone());
+    let key = key_of(q.name());
+    let Some(records) = zone.get(&key) else {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        return reply.to_vec().ok();
+    };
+    let qtype = q.query_type();
+    let mut found = false;
+    for rec in records {
+        let rdata = match (rec, qtype) {
+            (Rec::Txt(s), RecordType::TXT) => {
+                let b = s.as_bytes();
+                let parts: Vec<&[u8]> = if b.is_empty() { vec![b] } else { b.chunks(255).collect() };
+                RData::TXT(TXT::from_bytes(parts))
+            }
+            (Rec::TxtParts(p), RecordType::TXT) => RData::TXT(TXT::from_bytes(p.iter().map(Vec::as_slice).collect())),
+            (Rec::A(ip), RecordType::A) => RData::A(A(ip.parse().expect("A"))),
+            (Rec::Aaaa(ip), RecordType::AAAA) => RData::AAAA(AAAA(ip.parse().expect("AAAA"))),
+            (Rec::Mx(pref, host), RecordType::MX) => RData::MX(MX::new(*pref, name_of(host))),
+            (Rec::Ptr(host), RecordType::PTR) => RData::PTR(PTR(name_of(host))),
+            _ => continue,
+        };
+        found = true;
+        reply.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
+    }
+    if !found && records.iter().any(|r| matches!(r, Rec::Timeout)) {
+        return None;
+    }
+    reply.to_vec().ok()
+}
+
+/// The reverse name of an address, as a zone key.
+pub fn rev(ip: &str) -> String {
+    match ip.parse::<IpAddr>().expect("ip") {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::new();
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+            }
+            s + "ip6.arpa"
+        }
+    }
+}
