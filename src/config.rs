@@ -52,6 +52,25 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[ingest]`, with `[ingest.lmtp]` inside.
     pub ingest: IngestConfig,
+    /// `[classify]`.
+    pub classify: ClassifyConfig,
+}
+
+/// `[classify]`: the trained model every source classifies with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// Directory of the trained model (`models/` of the repository). When it does not exist, reasons come
+    /// from the structured-signal prior alone (with a warning); a corrupt model is an error.
+    pub model: PathBuf,
+    /// Below this confidence the model answers `onhold` instead of guessing.
+    pub min_confidence: f32,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig { model: PathBuf::from("models"), min_confidence: crate::classify::DEFAULT_MIN_CONFIDENCE }
+    }
 }
 
 /// `[database]`: where messages are stored.
@@ -171,6 +190,9 @@ impl Config {
         if lmtp.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("ingest.lmtp.idle_timeout", "must be at least 1s"));
         }
+        if !(0.0..=1.0).contains(&self.classify.min_confidence) {
+            return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
+        }
         Ok(())
     }
 }
@@ -252,6 +274,8 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid { key: "database.url", .. }), "{e}");
         let e = parse("[ingest.lmtp]\nmax_connections = 0\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.max_connections", .. }), "{e}");
+        let e = parse("[classify]\nmin_confidence = 1.5\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "classify.min_confidence", .. }), "{e}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum ServeError {
     /// The signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The model of `[classify]` exists but cannot be loaded.
+    #[error("cannot load the model: {0}")]
+    Model(#[source] crate::classify::ModelError),
     /// The database could not be opened or migrated.
     #[error("cannot open database {url}: {source}")]
     Database {
@@ -67,6 +70,7 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>, ServeError> {
 /// Run the service until `shutdown` turns true; returns once every message in flight is answered (or the
 /// grace period is over) and the writer has committed what it was given.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+    crate::ingest::install_model(&config.classify).map_err(ServeError::Model)?;
     let url = &config.database.url;
     let store = tokio::select! {
         opened = Store::open(url) => opened.map_err(|source| ServeError::Database { url: redact_url(url), source })?,

@@ -327,3 +327,51 @@ fn postgres_ingest_and_migrate() {
     assert!(stdout(&out).starts_with("already stored"), "the Maildir copy is the same message: {}", stdout(&out));
     assert_eq!(count_messages(&url), 5);
 }
+
+#[test]
+fn classify_text_prints_one_verdict_and_explains_it() {
+    let out = rebound(&["classify", "--text", "550 5.1.1 <a@b.example>: Recipient address rejected: User unknown"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["reason"], "userunknown", "{}", rows[0]);
+    assert_eq!(rows[0]["hard_bounce"], true);
+    assert!(rows[0]["file"].is_null() && rows[0]["recipient"].is_null());
+    assert!(rows[0]["diagnostic"].as_str().unwrap().starts_with("550 5.1.1"));
+    let table = rebound(&["classify", "--format", "table", "--text", "452 4.2.2 Mailbox full"]);
+    assert_eq!(code(&table), 0);
+    assert!(stdout(&table).lines().nth(1).unwrap().contains("mailboxfull"), "{}", stdout(&table));
+    let explained = rebound(&["classify", "--explain", "--text", "452 4.2.2 Mailbox full"]);
+    let row: serde_json::Value = serde_json::from_str(stdout(&explained).trim()).unwrap();
+    assert!(row["explanation"]["features"].as_array().is_some_and(|f| !f.is_empty()), "{row}");
+    assert_eq!(code(&rebound(&["classify", "--text", "x", "file.eml"])), 64, "--text and paths exclude each other");
+}
+
+#[test]
+fn classify_without_a_model_falls_back_to_the_status_codes() {
+    let out = rebound(&["classify", "--model", "/nonexistent/models", "--text", "550 5.1.1 user unknown"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((row["reason"].as_str(), row["decided_by"].as_str()), (Some("userunknown"), Some("status")));
+    assert!(stderr(&out).contains("no model directory"), "{}", stderr(&out));
+}
+
+#[test]
+fn corrupt_model_stops_serve_with_64_and_ingest_with_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::write(models.join("config.json"), "{ not json").unwrap();
+    let config = dir.path().join("r.toml");
+    let url = sqlite_url(dir.path());
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"{url}\"\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n[classify]\nmodel = \"{}\"\n", models.display()),
+    )
+    .unwrap();
+    let out = Command::new(common::bin()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("model"), "{}", stderr(&out));
+    let out = ingest_stdin(&["--config", config.to_str().unwrap()], b"Subject: x\n\nhello\n");
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+}

@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
-use crate::classify::{self, Classification};
-use crate::config::LmtpConfig;
+use crate::classify::{self, Classification, Explanation};
+use crate::config::{ClassifyConfig, LmtpConfig};
 use crate::exit;
 use crate::ingest::files::{Messages, RawMessage};
 use crate::parse::{self, Parsed, Recipient};
@@ -28,29 +28,41 @@ pub enum Format {
 #[command(after_help = "\
 JSON fields: file, kind (dsn|bounce|arf|autoreply|unparsed), recipient, action, status, reply_code, \
 diagnostic, reason, hard_bounce, confidence, decided_by; `index` for messages of an mbox file and \
-`parse_error` when there is one. A message without recipients gives one line with recipient null.
+`parse_error` when there is one. A message without recipients gives one line with recipient null. With \
+--text: one line with `diagnostic` the text and the classification (the other fields null).
 Exit 65 when a file cannot be read or is over the size limit (the others are still printed).
 
 Examples:
   rebound classify bounce.eml
   rebound classify --format table ~/Maildir/new
+  rebound classify --text '550 5.1.1 <a@b.example>: Recipient address rejected: User unknown'
+  rebound classify --explain --text '452 4.2.2 Mailbox full'
   rebound classify corpus/ | jq -r .reason | sort | uniq -c")]
 pub struct ClassifyArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Jsonl)]
     pub format: Format,
+    /// Classify one diagnostic text instead of files, e.g. "550 5.1.1 <a@b.example>: user unknown".
+    #[arg(long, value_name = "TEXT", conflicts_with = "paths")]
+    pub text: Option<String>,
+    /// With --text: also print what weighed most in the model's verdict (JSON).
+    #[arg(long, requires = "text")]
+    pub explain: bool,
+    /// Model directory; without one there, reasons come from the status codes alone.
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub model: PathBuf,
     /// Files, directories (recursive), Maildirs, mbox files.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 }
 
 /// One output line: a recipient and its classification.
 #[derive(Debug, Serialize)]
 struct Row {
-    file: String,
+    file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<usize>,
-    kind: &'static str,
+    kind: Option<&'static str>,
     recipient: Option<String>,
     action: Option<String>,
     status: Option<String>,
@@ -62,14 +74,29 @@ struct Row {
     decided_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parse_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<Explanation>,
 }
 
 /// Print the classification of every recipient of every message below the paths.
 pub fn run(args: ClassifyArgs) -> Result<i32, Failure> {
+    let model = ClassifyConfig { model: args.model.clone(), ..ClassifyConfig::default() };
+    crate::ingest::install_model(&model).map_err(Failure::usage)?;
     let limit = LmtpConfig::default().max_message_size;
     let mut rows = Vec::new();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
+    if let Some(text) = &args.text {
+        let row = text_row(text, args.explain);
+        let written = match args.format {
+            Format::Jsonl => write_json(&mut out, &row),
+            Format::Table => write_table(&mut out, &[row]),
+        };
+        return match written.and_then(|()| out.flush()) {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => finish_on_write_error(e),
+        };
+    }
     let mut bad_input = false;
     for item in Messages::new(&args.paths, limit) {
         let message = match item {
@@ -114,11 +141,32 @@ fn write_json(out: &mut impl Write, row: &Row) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
+/// The row of one bare diagnostic text.
+fn text_row(text: &str, explain: bool) -> Row {
+    let c = classify::classify_text(text);
+    Row {
+        file: None,
+        index: None,
+        kind: None,
+        recipient: None,
+        action: None,
+        status: None,
+        reply_code: None,
+        diagnostic: Some(text.to_string()),
+        reason: Some(c.reason.clone()),
+        hard_bounce: Some(c.hard_bounce),
+        confidence: Some(c.confidence),
+        decided_by: Some(c.decided_by.as_str()),
+        parse_error: None,
+        explanation: if explain { classify::explain(text, None, 10) } else { None },
+    }
+}
+
 fn rows_of(message: &RawMessage, parsed: &Parsed, classifications: &[Classification]) -> Vec<Row> {
     let row = |r: Option<&Recipient>, c: Option<&Classification>| Row {
-        file: message.path.display().to_string(),
+        file: Some(message.path.display().to_string()),
         index: message.index,
-        kind: parsed.kind.as_str(),
+        kind: Some(parsed.kind.as_str()),
         recipient: r.map(|r| r.recipient.clone()),
         action: r.and_then(|r| r.action.clone()),
         status: r.and_then(|r| r.status.clone()),
@@ -129,6 +177,7 @@ fn rows_of(message: &RawMessage, parsed: &Parsed, classifications: &[Classificat
         confidence: c.map(|c| c.confidence),
         decided_by: c.map(|c| c.decided_by.as_str()),
         parse_error: parsed.parse_error.clone(),
+        explanation: None,
     };
     if parsed.recipients.is_empty() {
         return vec![row(None, None)];
@@ -142,14 +191,15 @@ fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
     let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
-            let file = match r.index {
-                Some(i) => format!("{}#{i}", r.file),
-                None => r.file.clone(),
+            let file = match (&r.file, r.index) {
+                (Some(f), Some(i)) => format!("{f}#{i}"),
+                (Some(f), None) => f.clone(),
+                (None, _) => "-".to_string(),
             };
             let diagnostic: String = r.diagnostic.as_deref().or(r.parse_error.as_deref()).unwrap_or("-").chars().take(DIAGNOSTIC_WIDTH).collect();
             [
                 file,
-                r.kind.to_string(),
+                r.kind.unwrap_or("-").to_string(),
                 r.recipient.clone().unwrap_or_else(|| "-".into()),
                 r.reason.clone().unwrap_or_else(|| "-".into()),
                 r.hard_bounce.map(|h| if h { "hard" } else { "soft" }).unwrap_or("-").to_string(),

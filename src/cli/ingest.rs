@@ -46,6 +46,8 @@ pub async fn run(args: IngestArgs) -> Result<i32, Failure> {
         return Err(Failure::usage(anyhow!("'-' (stdin) must be the only PATH")));
     }
     let config = args.db.resolve()?;
+    // Nothing is stored without its classification: a broken model is a temporary failure (pipe(8) retries).
+    crate::ingest::install_model(&config.classify).map_err(Failure::temporary)?;
     let url = &config.database.url;
     let store = Store::open(url)
         .await

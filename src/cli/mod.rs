@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod db;
 pub mod ingest;
+pub mod model;
 pub mod serve;
 pub mod spf;
 
@@ -51,6 +52,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Database maintenance.
     Db(db::DbArgs),
+    /// Train, evaluate and perturb the classifier's model.
+    Model(model::ModelArgs),
     /// SPF checks (RFC 7208): `rebound spf check --ip IP --helo NAME --mail-from ADDR`.
     Spf(spf::SpfArgs),
 }
@@ -136,6 +139,7 @@ pub fn main() -> i32 {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Classify(args) => classify::run(args),
             Command::Db(args) => db::run(args).await,
+            Command::Model(args) => model::run(args).await.map_err(Failure::data),
             Command::Spf(args) => spf::run(args).await.map_err(Failure::temporary),
         }
     });

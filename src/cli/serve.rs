@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{Failure, load_config};
 use crate::exit;
-use crate::serve;
+use crate::serve::{self, ServeError};
 
 /// Arguments of `rebound serve`.
 #[derive(Debug, Args)]
@@ -28,7 +28,10 @@ pub async fn run(args: ServeArgs) -> Result<i32, Failure> {
     // First of all, so a SIGTERM during start-up is a clean shutdown, not a kill.
     let shutdown = serve::shutdown_on_signals().map_err(Failure::temporary)?;
     let config = load_config(args.config.as_deref())?;
-    // Every way the service can fail to start is worth a retry once the cause is fixed.
-    serve::run(config, shutdown).await.map_err(Failure::temporary)?;
-    Ok(exit::OK)
+    match serve::run(config, shutdown).await {
+        Ok(()) => Ok(exit::OK),
+        Err(e @ ServeError::Model(_)) => Err(Failure::usage(e)),
+        // The database or the address: worth a retry once the cause is fixed.
+        Err(e) => Err(Failure::temporary(e)),
+    }
 }

@@ -13,9 +13,24 @@ pub mod writer;
 
 use sha2::{Digest, Sha256};
 
-use crate::classify;
+use crate::classify::{self, ModelError};
+use crate::config::ClassifyConfig;
 use crate::parse::{self, Parsed};
 use crate::store::NewMessage;
+
+/// Install the model of `[classify]` for every message this process classifies. Returns whether one was
+/// installed: a missing model directory means the structured-signal prior decides (logged as a warning);
+/// a model that exists but cannot be loaded is an error.
+pub fn install_model(config: &ClassifyConfig) -> Result<bool, ModelError> {
+    if !config.model.is_dir() {
+        tracing::warn!(model = %config.model.display(),
+                       "no model directory; reasons come from the structured signals (status codes) alone");
+        return Ok(false);
+    }
+    classify::init(&config.model, config.min_confidence)?;
+    tracing::debug!(model = %config.model.display(), min_confidence = config.min_confidence, "model loaded");
+    Ok(true)
+}
 
 /// Hash, parse and classify one raw message. Never panics: should the parser or classifier panic on some
 /// input, the message is kept as `unparsed` with the reason, so one bad message never aborts a batch.
