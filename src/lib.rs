@@ -5,8 +5,11 @@
 //! `parse` and `classify` are pure: no I/O, no database, no async.
 
 pub mod classify;
+pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod ingest;
+pub mod metrics;
 pub mod parse;
 pub mod store;
 
