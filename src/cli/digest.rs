@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::digest::{self, Format, Period, Since};
 use crate::exit;
-use crate::store::Store;
+use crate::store::{Store, StoreErrorKind};
 
 /// Arguments of `rebound digest`.
 #[derive(Debug, Clone, Args)]
@@ -30,8 +30,8 @@ pub struct DigestArgs {
     pub db: String,
 }
 
-/// Run `rebound digest`; returns the exit code (0, 64 for a bad argument, 75 when the database is
-/// temporarily unavailable, 1 otherwise) after printing any error to stderr.
+/// Run `rebound digest`; returns the exit code (0, 64 for a bad argument or database URL, 75 when the
+/// database is temporarily unavailable, 1 otherwise) after printing any error to stderr.
 pub async fn run(args: DigestArgs) -> anyhow::Result<i32> {
     let period = match period(&args) {
         Ok(p) => p,
@@ -46,7 +46,9 @@ pub async fn run(args: DigestArgs) -> anyhow::Result<i32> {
             eprintln!("rebound digest: {e}");
             Ok(if e.is_temporary() {
                 exit::TEMPFAIL
-            } else if matches!(e, digest::DigestError::Config(_)) {
+            } else if matches!(&e, digest::DigestError::Config(_))
+                || matches!(&e, digest::DigestError::Store(s) if s.kind() == StoreErrorKind::Config)
+            {
                 exit::USAGE
             } else {
                 1

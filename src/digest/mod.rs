@@ -239,7 +239,8 @@ impl Bucket {
         }
     }
 
-    /// Every bucket label from `from` (inclusive) to `until` (exclusive), in order.
+    /// The label of every bucket that the period from `from` (inclusive) to `until` (exclusive) touches, in
+    /// order; the first and last may be partial.
     pub fn labels(self, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<String> {
         let mut labels: Vec<String> = Vec::new();
         let mut t = from;
@@ -253,6 +254,13 @@ impl Bucket {
                 labels.push(label);
             }
             t += step;
+        }
+        // The bucket of the period's last instant (a 7-day period starting at 14:00 touches 8 days).
+        if from < until {
+            let last = self.label(until - Duration::nanoseconds(1));
+            if labels.last() != Some(&last) {
+                labels.push(last);
+            }
         }
         labels
     }
