@@ -421,7 +421,20 @@ async fn respond(mut stream: TcpStream, store: Option<&Store>) -> std::io::Resul
         response.push_str(&body);
     }
     stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Read what the client may still be sending (an oversized head), so closing does not reset the
+    // connection before it has read the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// The status line, content type and body for a request head.
