@@ -436,3 +436,17 @@ fn postgres_stores_messages_and_recognises_duplicates() {
     assert_eq!(count_messages(&url), 2);
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM bounces"), 1);
 }
+
+#[test]
+fn address_in_use_exits_75_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = dir.path().join("taken.toml");
+    let url = sqlite_url(dir.path());
+    std::fs::write(&config, format!("[database]\nurl = \"{url}\"\n[ingest.lmtp]\nlisten = \"{addr}\"\n")).unwrap();
+    let out = Command::new(common::bin()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen for LMTP on {addr}")), "{stderr}");
+}
