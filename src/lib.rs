@@ -7,7 +7,9 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod ingest;
+pub mod metrics;
 pub mod parse;
 pub mod report;
 pub mod serve;

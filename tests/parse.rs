@@ -306,12 +306,23 @@ fn deeply_nested_multiparts_are_bounded() {
     let p = parse(raw.as_bytes());
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 
+}
+
+/// Regression: 60,000 message/rfc822 parts nested in each other (3 MB) overflowed a 2 MB thread stack when
+/// the parsed tree was dropped, aborting the process (no panic to catch).
+#[test]
+fn deeply_nested_messages_do_not_overflow_the_stack() {
     let mut nested = String::new();
-    for _ in 0..depth {
+    for _ in 0..60_000 {
         nested.push_str("From: a@example.net\nContent-Type: message/rfc822\n\n");
     }
     nested.push_str("From: b@example.net\n\nbody\n");
-    let p = parse(nested.as_bytes());
+    let worker = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse(nested.as_bytes()))
+        .expect("spawn a thread with a 2 MB stack");
+    let p = worker.join().expect("parse returned without overflowing the stack");
+    assert_eq!(p.kind, Kind::Unparsed);
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 }
 
@@ -366,4 +377,36 @@ fn local_part_only_recipient_is_completed_from_received_for() {
     let r = &p.recipients[0];
     assert_eq!((r.status.as_deref(), r.reply_code), (Some("5.7.0"), Some(550)));
     assert_eq!(r.smtp_command.as_deref(), Some("MAIL"));
+}
+
+#[test]
+fn feedback_fields_in_a_text_body() {
+    let p = parse_all_endings("arf-fields-in-text-body.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback");
+    assert_eq!((f.feedback_type.as_str(), f.source_ip.as_deref()), ("abuse", Some("192.0.2.44")));
+    assert_eq!(rcpts(&p), ["member@mailbox.example.net"]);
+    assert_eq!(p.subject.as_deref(), Some("Fwd: complaint report"));
+}
+
+#[test]
+fn cr_only_file_with_a_stray_lf_is_still_read_as_cr_only() {
+    let mut raw = to_cr(&fixture("bounce-qmail.eml"));
+    raw.extend_from_slice(b"trailing line\n");
+    let p = parse(&raw);
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["gone@example.org"]);
+}
+
+#[test]
+fn a_text_full_of_addresses_is_read_in_bounded_time() {
+    let mut raw = String::from("From: MAILER-DAEMON@example.net\nSubject: Undelivered Mail\n\n");
+    for i in 0..50_000 {
+        raw.push_str(&format!("<user{i}@example.org>: 550 5.1.1 unknown\n"));
+    }
+    let start = std::time::Instant::now();
+    let p = parse(raw.as_bytes());
+    assert_eq!(p.kind, Kind::Bounce);
+    assert!(!p.recipients.is_empty() && p.recipients.len() <= 100, "{} recipients", p.recipients.len());
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }

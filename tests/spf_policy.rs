@@ -29,6 +29,17 @@ async fn zone() -> DnsServer {
 }
 
 async fn server(dns: &DnsServer, helo: PolicyMode, mail_from: PolicyMode, events: Option<mpsc::Sender<CheckEvent>>) -> SocketAddr {
+    server_with(dns, helo, mail_from, events, Duration::from_secs(300), Duration::from_secs(30)).await
+}
+
+async fn server_with(
+    dns: &DnsServer,
+    helo: PolicyMode,
+    mail_from: PolicyMode,
+    events: Option<mpsc::Sender<CheckEvent>>,
+    idle: Duration,
+    request: Duration,
+) -> SocketAddr {
     let options = DnsOptions {
         servers: DnsServers::List(vec![dns.addr]),
         timeout: Duration::from_millis(300),
@@ -42,7 +53,7 @@ async fn server(dns: &DnsServer, helo: PolicyMode, mail_from: PolicyMode, events
         auth_serv_id: "mx.test.example".into(),
         trusted: vec!["198.51.100.0/24".parse().unwrap()],
     };
-    let service = Arc::new(PolicyService::new(verifier, settings, events));
+    let service = Arc::new(PolicyService::new(verifier, settings, events).with_timeouts(idle, request));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(service.serve(listener, std::future::pending()));
@@ -189,4 +200,23 @@ async fn every_check_is_stored_in_spf_checks() {
     assert!(rows[1].5.as_deref().unwrap().starts_with("PREPEND Received-SPF: fail"));
     assert_eq!((rows[3].2.as_str(), rows[3].3.as_str()), ("mail.example.com", "pass"));
     writer.abort();
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_disconnected() {
+    let dns = zone().await;
+    let addr = server_with(&dns, PolicyMode::Relaxed, PolicyMode::Relaxed, None, Duration::from_millis(400), Duration::from_millis(200)).await;
+    // Slowloris: a request begun and never finished.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"request=smtpd_access_policy\nclient_add").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut slow, &mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the server closes a stalled request: {n:?}");
+    // Idle: a connection that never sends anything.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut idle, &mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the server closes an idle connection: {n:?}");
+    // Meanwhile a well-behaved client is served.
+    let mut c = Client::connect(addr).await;
+    assert!(c.ask("RCPT", "192.0.2.10", "mail.example.com", "someone@example.com", "g1").await.starts_with("PREPEND"));
 }

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod db;
+pub mod digest;
 pub mod ingest;
 pub mod model;
 pub mod serve;
@@ -52,6 +53,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Database maintenance.
     Db(db::DbArgs),
+    /// Write a digest of a period (HTML with charts, or plain text): `rebound digest --since 7d --out d.html`.
+    Digest(digest::DigestArgs),
     /// Train, evaluate and perturb the classifier's model.
     Model(model::ModelArgs),
     /// SPF checks (RFC 7208): `rebound spf check --ip IP --helo NAME --mail-from ADDR`.
@@ -140,6 +143,7 @@ pub fn main() -> i32 {
             Command::Classify(args) => classify::run(args),
             Command::Db(args) => db::run(args).await,
             Command::Model(args) => model::run(args).await.map_err(Failure::data),
+            Command::Digest(args) => digest::run(args).await.map_err(Failure::temporary),
             Command::Spf(args) => spf::run(args).await.map_err(Failure::temporary),
         }
     });

@@ -31,7 +31,7 @@ pub(crate) fn parse_fields(text: &str, has_original: bool) -> Option<FeedbackRep
 }
 
 /// Builds the report from already split fields (e.g. the header block of a bare feedback part).
-pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<FeedbackReport> {
+pub(crate) fn report_from(fields: Vec<Field<'_>>, has_original: bool) -> Option<FeedbackReport> {
     let mut r = FeedbackReport { has_original, ..FeedbackReport::default() };
     let mut saw_type = false;
     for f in &fields {
@@ -79,7 +79,7 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
     if !saw_type {
         return None;
     }
-    r.fields = fields.into_iter().map(|f| (f.name, f.value)).collect();
+    r.fields = fields.into_iter().map(|f| (f.name.to_string(), f.value.into_owned())).collect();
     Some(r)
 }
 

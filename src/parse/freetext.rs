@@ -16,6 +16,9 @@ use super::text::{collapse_ws, find_addresses, find_ci, lines};
 
 /// Most recipients kept from one free-text bounce.
 const MAX_RECIPIENTS: usize = 100;
+/// Most address mentions weighed in one bounce text (the scoring is quadratic in the distinct addresses; a
+/// bounce names a handful, a text naming thousands is not a bounce to read address by address).
+const MAX_MENTIONS: usize = 1000;
 /// Most lines of one recipient's diagnostic block.
 const MAX_BLOCK_LINES: usize = 8;
 /// Longest diagnostic kept, in bytes.
@@ -70,24 +73,31 @@ fn header_name(line: &str) -> Option<&str> {
 }
 
 fn is_known_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    HEADER_NAMES.contains(&lower.as_str()) || lower.starts_with("x-")
+    HEADER_NAMES.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+}
+
+fn is_strong_header(name: &str) -> bool {
+    STRONG_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Index of the first line of the returned message's header block, if the text carries a copy:
-/// three or more header lines in a row at column 0, at least one of them only a header block would have.
+/// three or more header lines in a row, at least one of them only a header block would have. The copy may
+/// be indented as a whole ("   Return-Path: …" with deeper-indented continuation lines).
 fn returned_copy_start(lines: &[&str]) -> Option<usize> {
     let mut i = 0;
     while i < lines.len() {
-        let Some(name) = header_name(lines[i]).filter(|n| is_known_header(n)) else {
+        let indent_len = lines[i].len() - lines[i].trim_start_matches(' ').len();
+        let indent = &lines[i][..indent_len.min(8)];
+        let Some(name) = header_name(&lines[i][indent.len()..]).filter(|n| is_known_header(n)) else {
             i += 1;
             continue;
         };
         let mut count = 0;
-        let mut strong = STRONG_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+        let mut strong = is_strong_header(name);
         let mut j = i;
         while j < lines.len() && j < i + 40 {
-            let l = lines[j];
+            let Some(l) = lines[j].strip_prefix(indent) else { break };
             if l.starts_with([' ', '\t']) && j > i {
                 j += 1;
                 continue;
@@ -95,7 +105,7 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
             match header_name(l).filter(|n| is_known_header(n)) {
                 Some(n) => {
                     count += 1;
-                    strong |= STRONG_HEADERS.contains(&n.to_ascii_lowercase().as_str());
+                    strong |= is_strong_header(n);
                 }
                 None => break,
             }
@@ -116,6 +126,16 @@ struct Mention {
     addr: String,
     key: String,
     score: i32,
+    /// The line's shape around the address: the text before it and the first word after it.
+    shape: (String, String),
+}
+
+/// The shape of a mention: what precedes the address on its line (trimmed) and the first word after it.
+/// Lists of failed recipients repeat one shape ("<a@b>: host …", "a@b on Thu, …", "554 <a@b>... …").
+fn shape(line: &str, start: usize, end: usize) -> (String, String) {
+    let before = line[..start].trim().to_string();
+    let after = line[end..].split_whitespace().next().unwrap_or("").to_string();
+    (before, after)
 }
 
 fn has_code(line: &str) -> bool {
@@ -157,9 +177,10 @@ fn is_separator(line: &str) -> bool {
 }
 
 /// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
-/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, the
-/// next paragraph (after blank or separator lines) is its explanation. Returns the block's text and the
-/// index just past it.
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, or
+/// what follows ends with a colon ("because:"), the next paragraph (after blank or rule lines) belongs to
+/// it; when nothing follows at all, the lines just before it in its paragraph are its explanation
+/// ("Reason…\naddress"). Returns the block's text and the index just past it.
 fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
     let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
@@ -167,14 +188,28 @@ fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> 
     while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
         let line = lines[end];
         if line.trim().is_empty() || is_separator(line) {
-            if kept.len() > 1 || gap >= 3 {
+            let open = kept.len() == 1 || kept.last().is_some_and(|l| l.trim_end().ends_with(':'));
+            if !open || gap >= 3 {
                 break;
             }
             gap += 1;
         } else {
+            gap = 0;
             kept.push(line);
         }
         end += 1;
+    }
+    if kept.len() == 1 {
+        let mut first = start;
+        while first > 0
+            && start - first < 3
+            && !lines[first - 1].trim().is_empty()
+            && !is_separator(lines[first - 1])
+            && !other_mention_lines.contains(&(first - 1))
+        {
+            first -= 1;
+        }
+        kept.splice(0..0, lines[first..start].iter().copied());
     }
     (truncate(collapse_ws(&kept.join(" "))), end)
 }
@@ -196,7 +231,7 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     let mut paragraphs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (i, l) in lines.iter().enumerate() {
-        match (l.trim().is_empty(), start) {
+        match (l.trim().is_empty() || is_separator(l), start) {
             (false, None) => start = Some(i),
             (true, Some(s)) => {
                 paragraphs.push((s, i));
@@ -254,6 +289,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
     let lines = text.before();
     let mut mentions: Vec<Mention> = Vec::new();
     for (idx, line) in lines.iter().enumerate() {
+        if mentions.len() >= MAX_MENTIONS {
+            break;
+        }
         let trimmed = line.trim_start().trim_start_matches('>').trim_start();
         let lower_head = trimmed.get(..trimmed.len().min(24)).unwrap_or(trimmed).to_ascii_lowercase();
         if SENDER_LINE_PREFIXES.iter().any(|p| lower_head.starts_with(p)) {
@@ -275,7 +313,8 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if local == "postmaster" {
                 score -= 1;
             }
-            mentions.push(Mention { line: idx, addr: m.addr, key, score });
+            let shape = shape(line, m.start, m.end);
+            mentions.push(Mention { line: idx, addr: m.addr, key, score, shape });
         }
     }
     // Best score per address, in order of first mention.
@@ -294,6 +333,19 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             chosen.push((best.0.clone(), best.1.clone()));
         }
     }
+    // Addresses written the way a chosen recipient is written belong to the same list of failures.
+    let chosen_shapes: HashSet<&(String, String)> =
+        mentions.iter().filter(|m| chosen.iter().any(|(k, _)| *k == m.key)).map(|m| &m.shape).collect();
+    for (key, addr, score) in &order {
+        if *score >= 0
+            && !chosen.iter().any(|(k, _)| k == key)
+            && mentions.iter().any(|m| &m.key == key && chosen_shapes.contains(&m.shape))
+        {
+            chosen.push((key.clone(), addr.clone()));
+        }
+    }
+    let first_mention = |key: &str| mentions.iter().position(|m| m.key == key).unwrap_or(usize::MAX);
+    chosen.sort_by_key(|(k, _)| first_mention(k));
     chosen.truncate(MAX_RECIPIENTS);
     let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
     let global = global_diagnostic(lines);
@@ -434,10 +486,25 @@ mod tests {
     }
 
     #[test]
+    fn recipients_listed_alike_are_all_taken() {
+        let text = "did not reach the following recipient(s):\n\na@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\nb@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\n";
+        let mut c = ctx(&[]);
+        c.hints.insert("a@example.org".to_string());
+        let r = recipients(&BounceText::new(text), &c, false);
+        assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.org"]);
+        assert!(r[1].diagnostic.as_deref().is_some_and(|d| d.contains("not recognized")));
+    }
+
+    #[test]
     fn copy_of_the_message_is_not_scanned() {
         let lines = vec!["intro", "Return-Path: <a@b.example>", "Received: by x", "Subject: hi", "", "body"];
         assert_eq!(returned_copy_start(&lines), Some(1));
         let prose = vec!["To: someone", "Subject: hello", "Date: today"];
         assert_eq!(returned_copy_start(&prose), None);
+        let indented = vec!["Original mail as follows:", "", "   Return-Path: <a@b.example>", "   Received: by x",
+            "   \tfor <c@d.example>; Thu, 29 Apr 2017", "   Subject: hi"];
+        assert_eq!(returned_copy_start(&indented), Some(2));
     }
 }

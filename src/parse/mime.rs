@@ -17,6 +17,8 @@ const MAX_TEXT: usize = 256 * 1024;
 /// What the report's MIME structure holds, sorted by role.
 #[derive(Debug, Default)]
 pub(crate) struct Walk<'a> {
+    /// Whether the message is a multipart/report (RFC 6522), whatever its report-type.
+    pub is_report: bool,
     /// `report-type` parameter of a top-level multipart/report, lowercase.
     pub report_type: Option<String>,
     /// Bodies of message/delivery-status (and message/global-delivery-status) parts.
@@ -34,6 +36,20 @@ pub(crate) struct Walk<'a> {
     pub original_recipients: Vec<String>,
     /// Sender addresses of the returned message (From, Sender, Return-Path), lowercased.
     pub original_senders: Vec<String>,
+}
+
+/// Drops a parsed message without recursion. A message nested in a message is a `PartType::Message` inside a
+/// part, and the default drop recurses once per level: tens of thousands of nested message/rfc822 parts (a
+/// few megabytes of input) would overflow the stack, which aborts the process instead of panicking.
+pub(crate) fn dispose(message: Message<'_>) {
+    let mut pending = vec![message];
+    while let Some(mut m) = pending.pop() {
+        for part in &mut m.parts {
+            if let PartType::Message(inner) = std::mem::take(&mut part.body) {
+                pending.push(inner);
+            }
+        }
+    }
 }
 
 /// The first address of an address header, if any.
@@ -170,6 +186,7 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
         && ct.ctype().eq_ignore_ascii_case("multipart")
         && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
     {
+        walk.is_report = true;
         walk.report_type = ct.attribute("report-type").map(|r| r.trim().to_ascii_lowercase());
     }
     let mut html: Vec<&'a str> = Vec::new();

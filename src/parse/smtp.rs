@@ -54,12 +54,15 @@ pub(crate) fn enhanced_status(text: &str) -> Option<String> {
 
 /// The reply code starting at byte `i`, if one stands there as its own token.
 fn reply_at(b: &[u8], i: usize) -> Option<u16> {
-    if i + 2 >= b.len()
-        || !matches!(b[i], b'2' | b'4' | b'5')
-        || !(b'0'..=b'5').contains(&b[i + 1])
-        || !b[i + 2].is_ascii_digit()
-        || !boundary_before(b, i, true)
-    {
+    if i + 2 >= b.len() || !b[i + 2].is_ascii_digit() || !boundary_before(b, i, true) {
+        return None;
+    }
+    // RFC 5321 §4.2: 2yz replies in use are 211, 214, 220, 221, 250–252; failures are 4yz and 5yz, y in 0..=5.
+    let plausible = matches!(
+        (b[i], b[i + 1], b[i + 2]),
+        (b'2', b'1', b'1' | b'4') | (b'2', b'2', b'0' | b'1') | (b'2', b'5', b'0'..=b'2') | (b'4' | b'5', b'0'..=b'5', _)
+    );
+    if !plausible {
         return None;
     }
     let ok = match b.get(i + 3) {
@@ -214,6 +217,8 @@ mod tests {
         assert_eq!(reply_code("#550 5.1.1 RESOLVER"), Some(550));
         assert_eq!(reply_code("no code 5.1.1 here"), None);
         assert_eq!(reply_code("phone 555-1234"), None);
+        assert_eq!(reply_code("cipher AES256 (256/256 bits)"), None);
+        assert_eq!(reply_code("250 2.0.0 ok"), Some(250));
     }
 
     #[test]

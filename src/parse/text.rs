@@ -56,8 +56,20 @@ pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// Whether `trimmed` (already trimmed) has whitespace other than single ASCII spaces.
+pub(crate) fn needs_collapse(trimmed: &str) -> bool {
+    let b = trimmed.as_bytes();
+    !trimmed.is_ascii()
+        || b.iter().any(|&c| c != b' ' && c.is_ascii_whitespace())
+        || memchr::memmem::find(b, b"  ").is_some()
+}
+
 /// Collapses every run of whitespace to one space and trims both ends.
 pub(crate) fn collapse_ws(text: &str) -> String {
+    let trimmed = text.trim();
+    if !needs_collapse(trimmed) {
+        return trimmed.to_string();
+    }
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -208,6 +220,13 @@ fn push_text(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_runs_collapse() {
+        assert_eq!(collapse_ws("  a \t b\r\n  c  "), "a b c");
+        assert_eq!(collapse_ws("plain words"), "plain words");
+        assert_eq!(collapse_ws("é\u{a0}x"), "é x");
+    }
 
     #[test]
     fn lines_split_on_every_line_ending() {

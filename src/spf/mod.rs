@@ -19,6 +19,7 @@ pub mod headers;
 pub mod macros;
 pub mod policy;
 pub mod record;
+pub mod server;
 
 use std::fmt;
 use std::net::IpAddr;

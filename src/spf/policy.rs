@@ -178,12 +178,29 @@ pub struct PolicyService<R> {
     settings: PolicySettings,
     transactions: Mutex<Transactions>,
     events: Option<mpsc::Sender<CheckEvent>>,
+    idle_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl<R: Resolver + 'static> PolicyService<R> {
     /// A service; checks are sent to `events` when given (the store writer reads them).
     pub fn new(verifier: Verifier<R>, settings: PolicySettings, events: Option<mpsc::Sender<CheckEvent>>) -> Self {
-        PolicyService { verifier, settings, transactions: Mutex::new(Transactions::default()), events }
+        PolicyService {
+            verifier,
+            settings,
+            transactions: Mutex::new(Transactions::default()),
+            events,
+            idle_timeout: IDLE_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Changes how long a connection may idle between requests and how long one request may take to
+    /// arrive (defaults [`IDLE_TIMEOUT`], [`REQUEST_TIMEOUT`]).
+    pub fn with_timeouts(mut self, idle: Duration, request: Duration) -> Self {
+        self.idle_timeout = idle;
+        self.request_timeout = request;
+        self
     }
 
     /// Answers one request.
@@ -299,7 +316,9 @@ impl<R: Resolver + 'static> PolicyService<R> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         loop {
-            let Some(req) = read_request(&mut reader).await? else { return Ok(()) };
+            let Some(req) = read_request(&mut reader, self.idle_timeout, self.request_timeout).await? else {
+                return Ok(());
+            };
             let action = self.decide(&req).await;
             let mut out = String::with_capacity(256);
             out.push_str("action=");
@@ -349,6 +368,8 @@ enum ConnectionError {
 /// Reads one request; `None` at a clean end of the connection.
 async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<S>,
+    idle: Duration,
+    request: Duration,
 ) -> Result<Option<PolicyRequest>, ConnectionError> {
     let mut req = PolicyRequest::default();
     let mut total = 0usize;
@@ -357,8 +378,8 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     loop {
         line.clear();
         let deadline = match started {
-            None => tokio::time::Instant::now() + IDLE_TIMEOUT,
-            Some(t) => t + REQUEST_TIMEOUT,
+            None => tokio::time::Instant::now() + idle,
+            Some(t) => t + request,
         };
         let limit = (MAX_LINE + 1 - total) as u64;
         let n = tokio::time::timeout_at(deadline, (&mut *reader).take(limit).read_until(b'\n', &mut line))
@@ -393,18 +414,18 @@ mod tests {
     async fn requests_parse_and_overlong_lines_are_refused() {
         let input = b"request=smtpd_access_policy\nclient_address=192.0.2.1\r\nsender=a=b@example.com\n\nrest".to_vec();
         let mut r = BufReader::new(&input[..]);
-        let req = read_request(&mut r).await.unwrap().unwrap();
+        let req = read_request(&mut r, IDLE_TIMEOUT, REQUEST_TIMEOUT).await.unwrap().unwrap();
         assert_eq!(req.get("client_address"), "192.0.2.1");
         assert_eq!(req.get("sender"), "a=b@example.com");
         assert!(req.malformed.is_none());
         // "rest" without an ending: the connection ends.
-        assert!(read_request(&mut r).await.unwrap().is_none());
+        assert!(read_request(&mut r, IDLE_TIMEOUT, REQUEST_TIMEOUT).await.unwrap().is_none());
 
         let mut long = b"name=".to_vec();
         long.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         long.extend_from_slice(b"\n\n");
         let mut r = BufReader::new(&long[..]);
-        assert!(matches!(read_request(&mut r).await, Err(ConnectionError::TooLong)));
+        assert!(matches!(read_request(&mut r, IDLE_TIMEOUT, REQUEST_TIMEOUT).await, Err(ConnectionError::TooLong)));
 
         let req = PolicyRequest::from_lines(["request=smtpd_access_policy", "garbage"]);
         assert_eq!(req.malformed.as_deref(), Some("garbage"));
