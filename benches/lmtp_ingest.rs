@@ -101,6 +101,7 @@ fn lmtp_run(url: &str, ingest: &str, messages: &[Vec<u8>], clients: usize) -> (f
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::launch(dir.path(), url, ingest, "", "rebound=info");
     let rate = push(&server, messages, clients);
+    let cpu = cpu_seconds(server.pid());
     server.signal("TERM");
     let status = server.wait(Duration::from_secs(60)).expect("serve did not stop");
     assert!(status.success(), "{status:?}");
@@ -113,7 +114,19 @@ fn lmtp_run(url: &str, ingest: &str, messages: &[Vec<u8>], clients: usize) -> (f
         .find(|l| l.contains("database writer stopped"))
         .and_then(|l| l.find("batches=").map(|i| l[i..].to_string()))
         .unwrap_or_default();
-    (rate, stats)
+    let cpu = cpu.map(|c| format!(" server_cpu_us_per_msg={:.0}", c * 1e6 / messages.len() as f64)).unwrap_or_default();
+    (rate, format!("{stats}{cpu}"))
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz = Command::new("getconf").arg("CLK_TCK").output().ok()?;
+    let hz: f64 = String::from_utf8_lossy(&hz.stdout).trim().parse().ok()?;
+    Some(ticks / hz)
 }
 
 fn report(backend: &str, n: usize, clients: usize, group: (f64, String), single: (f64, String)) {
