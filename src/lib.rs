@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod parse;
+pub mod serve;
 pub mod store;
 
 /// Exit codes of the CLI (sysexits.h), part of the CLI contract in docs/.

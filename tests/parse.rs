@@ -130,6 +130,7 @@ fn sendmail_free_text_bounce_with_transcript() {
     assert_eq!(rcpts(&p), ["unknown@example.org"], "the sender in the transcript is not a recipient");
     assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(p.recipients[0].reply_code, Some(550));
+    assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"), "from the transcript, not MAIL before it");
 }
 
 #[test]
@@ -334,4 +335,35 @@ fn unparsed_constructor_keeps_the_reason() {
     assert_eq!(p.kind, Kind::Unparsed);
     assert_eq!(p.parse_error.as_deref(), Some("message over the size limit"));
     assert!(p.recipients.is_empty() && p.feedback.is_none() && p.original.is_none());
+}
+
+#[test]
+fn report_forwarded_as_an_attachment_is_read_from_the_attachment() {
+    let p = parse_all_endings("dsn-forwarded-as-attachment.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["nobody@example.org"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
+    assert_eq!(p.message_id.as_deref(), Some("inner-dsn-1@mx.example.net"));
+    assert!(p.parse_error.as_deref().is_some_and(|e| e.contains("attached")));
+}
+
+#[test]
+fn dsn_fields_pasted_into_text() {
+    let p = parse_all_endings("bounce-dsn-fields-in-text.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["buyer@example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!((r.action.as_deref(), r.status.as_deref(), r.reply_code), (Some("failed"), Some("5.2.2"), Some(550)));
+    assert_eq!(r.reporting_mta.as_deref(), Some("out-1.mail.example.net"));
+    assert_eq!(p.original.and_then(|o| o.message_id).as_deref(), Some("order-77@example.com"));
+}
+
+#[test]
+fn local_part_only_recipient_is_completed_from_received_for() {
+    let p = parse_all_endings("bounce-local-part-only.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["kuro@example.net"], "the sender quoted in the reply is not the recipient");
+    let r = &p.recipients[0];
+    assert_eq!((r.status.as_deref(), r.reply_code), (Some("5.7.0"), Some(550)));
+    assert_eq!(r.smtp_command.as_deref(), Some("MAIL"));
 }

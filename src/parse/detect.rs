@@ -213,16 +213,16 @@ fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Optio
     None
 }
 
-/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's To, else
-/// the reported domain, else the report's own To.
+/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's first
+/// recipient (To, Cc, Received `for`), else the reported domain, else the report's own To.
 fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Recipient {
     let recipient = report
         .original_rcpt_to
         .iter()
         .find_map(|r| clean_address(r))
-        .or_else(|| walk.original.as_ref().and_then(|o| o.to.clone()))
+        .or_else(|| walk.original_recipients.iter().find(|a| a.contains('@')).cloned())
         .or_else(|| report.reported_domains.first().cloned())
-        .or_else(|| first_address(message.to()))
+        .or_else(|| first_address(message.to()).filter(|a| a.contains('@')))
         .unwrap_or_default();
     Recipient {
         recipient,

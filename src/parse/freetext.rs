@@ -148,25 +148,35 @@ fn score_mention(lines: &[&str], idx: usize, start: usize, end: usize) -> i32 {
     score
 }
 
-/// The lines of the diagnostic block that starts at a mention: the mention line and its continuation, up
-/// to a blank line, another recipient's mention or `MAX_BLOCK_LINES`.
-fn block_end(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> usize {
+/// Whether a line is only decoration (`-----`, `=====`, `*****` rules and banners without words).
+fn is_separator(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty()
+        && (t.starts_with("---") || t.starts_with("===") || t.starts_with("***") || t.starts_with("___"))
+        && (t.ends_with("---") || t.ends_with("===") || t.ends_with("***") || t.ends_with("___") || t.len() < 4)
+}
+
+/// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, the
+/// next paragraph (after blank or separator lines) is its explanation. Returns the block's text and the
+/// index just past it.
+fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
+    let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
-    while end < lines.len() && end < start + MAX_BLOCK_LINES {
-        if lines[end].trim().is_empty() {
-            // A lone address line followed by a blank: its explanation may come after the blank line.
-            if end == start + 1 && lines.get(end + 1).is_some_and(|l| l.starts_with([' ', '\t']) && !l.trim().is_empty()) {
-                end += 1;
-                continue;
+    let mut gap = 0;
+    while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
+        let line = lines[end];
+        if line.trim().is_empty() || is_separator(line) {
+            if kept.len() > 1 || gap >= 3 {
+                break;
             }
-            break;
-        }
-        if other_mention_lines.contains(&end) {
-            break;
+            gap += 1;
+        } else {
+            kept.push(line);
         }
         end += 1;
     }
-    end
+    (truncate(collapse_ws(&kept.join(" "))), end)
 }
 
 fn truncate(mut s: String) -> String {
@@ -255,7 +265,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if matches!(local, "mailer-daemon" | "mailer_daemon") {
                 continue;
             }
-            let mut score = score_mention(&lines, idx, m.start, m.end);
+            let mut score = score_mention(lines, idx, m.start, m.end);
             if ctx.sender_side.contains(&key) {
                 score -= 4;
             }
@@ -286,7 +296,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
     }
     chosen.truncate(MAX_RECIPIENTS);
     let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
-    let global = global_diagnostic(&lines);
+    let global = global_diagnostic(lines);
 
     let mut out = Vec::with_capacity(chosen.len());
     for (key, addr) in &chosen {
@@ -303,9 +313,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if l < last_end {
                 continue;
             }
-            let end = block_end(&lines, l, &other_lines);
+            let (text, end) = block(lines, l, &other_lines);
             last_end = end;
-            blocks.push(collapse_ws(&lines[l..end].join(" ")));
+            blocks.push(text);
         }
         let best = blocks.iter().find(|b| has_code(b)).or_else(|| blocks.first()).cloned();
         let diagnostic = match best {
@@ -329,24 +339,25 @@ pub(crate) fn fill_codes(
     global: Option<&str>,
     text_wins: bool,
 ) {
-    let sources = diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
+    let sources = || diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
     let mut status = None;
     let mut reply = None;
-    let mut command = None;
-    for s in sources {
-        if status.is_none() || reply.is_none() {
-            let (rc, st) = smtp::codes(s);
-            if status.is_none() && st.is_some() {
-                status = st;
-                // A reply code goes with the status it was read with.
-                reply = reply.or(rc);
-            }
-            reply = reply.or(rc);
+    for s in sources() {
+        let (rc, st) = smtp::codes(s);
+        if status.is_none() && st.is_some() {
+            status = st;
         }
-        command = command.or_else(|| smtp::smtp_command(s));
+        // The first reply found goes with the first status (both come from the same reply when present).
+        reply = reply.or(rc);
+        if status.is_some() && reply.is_some() {
+            break;
+        }
     }
+    // The command is read around the reply the recipient's codes come from.
+    let anchor = if text_wins { reply.or(r.reply_code) } else { r.reply_code.or(reply) };
+    let command = sources().find_map(|s| smtp::smtp_command_for(s, anchor));
     if text_wins {
-        r.status = status.or(r.status.take());
+        r.status = super::dsn::pick_status(r.status.take(), status, r.action.as_deref());
         r.reply_code = reply.or(r.reply_code);
     } else {
         r.status = r.status.take().or(status);
@@ -376,9 +387,9 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         if idx < last_end || find_ci(line, &key).is_none() {
             continue;
         }
-        let end = block_end(&lines, idx, &other_lines);
+        let (text, end) = block(lines, idx, &other_lines);
         last_end = end;
-        out.push(collapse_ws(&lines[idx..end].join(" ")));
+        out.push(text);
     }
     out
 }

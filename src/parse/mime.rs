@@ -180,21 +180,19 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
             (_, _, PartType::Multipart(_)) => {}
             ("message", "delivery-status" | "global-delivery-status", _)
             | ("text", "delivery-status", _) => walk.delivery_status.push(body_text(part)),
-            ("message", "feedback-report", _) | ("text", "feedback-report", _) => {
-                if walk.feedback.is_none() {
+            ("message", "feedback-report", _) | ("text", "feedback-report", _)
+                if walk.feedback.is_none() => {
                     walk.feedback = Some(body_text(part));
                 }
-            }
-            (_, _, PartType::Message(m)) => {
-                if walk.original_raw.is_none() {
+            (_, _, PartType::Message(m))
+                if walk.original_raw.is_none() => {
                     if let Some(o) = read_original(m) {
                         walk.set_original(o);
                     }
                     walk.original_raw = part_bytes(message, part).or(Some(&[]));
                 }
-            }
-            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _) => {
-                if walk.original_raw.is_none() {
+            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _)
+                if walk.original_raw.is_none() => {
                     let bytes = match &part.body {
                         PartType::Text(t) | PartType::Html(t) => t.as_bytes(),
                         PartType::Binary(b) | PartType::InlineBinary(b) => b.as_ref(),
@@ -203,7 +201,6 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
                     original_from_header_text(bytes, &mut walk);
                     walk.original_raw = Some(bytes);
                 }
-            }
             (_, _, PartType::Text(t)) if text_len < MAX_TEXT => {
                 text_len += t.len();
                 walk.texts.push(cap(Cow::Borrowed(t.as_ref())));
