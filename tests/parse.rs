@@ -108,6 +108,7 @@ fn qmail_free_text_bounce() {
     assert_eq!(r.status.as_deref(), Some("5.1.1"));
     assert_eq!(r.reply_code, Some(550));
     assert!(r.diagnostic.as_deref().is_some_and(|d| d.contains("Recipient address rejected")));
+    assert_eq!(r.reporting_mta.as_deref(), Some("mail.example.net"));
     assert_eq!(p.original.and_then(|o| o.message_id).as_deref(), Some("20261201091159.4242.qmail@mail.example.net"));
 }
 
@@ -118,6 +119,8 @@ fn exim_free_text_bounce_with_two_recipients() {
     assert_eq!(rcpts(&p), ["nouser@example.org", "quota@example.net"]);
     assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"));
+    assert_eq!(p.recipients[0].remote_mta.as_deref(), Some("mx.example.org"));
+    assert_eq!(p.recipients[1].remote_mta.as_deref(), Some("mx.example.net"));
     assert_eq!(p.recipients[1].status.as_deref(), Some("4.2.2"));
     assert_eq!(p.recipients[1].reply_code, Some(452));
     assert_eq!(p.recipients[1].smtp_command.as_deref(), Some("DATA"));

@@ -74,7 +74,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 42,
-            epochs: 30,
+            epochs: 20,
             batch: 32,
             dim: 48,
             hidden: 96,
@@ -85,7 +85,7 @@ impl Default for TrainConfig {
             class_weight_power: 0.5,
             feature_dropout: 0.1,
             label_smoothing: 0.1,
-            prior_weight: 0.0,
+            prior_weight: 0.5,
         }
     }
 }

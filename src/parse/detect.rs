@@ -201,6 +201,14 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
             recipients.push(r);
         }
     }
+    // The reporting MTA of a free-text bounce: the host its mail system writes from (MAILER-DAEMON@host).
+    if autoreply::from_mail_system(message)
+        && let Some(host) = parsed.from.as_deref().and_then(|f| f.rsplit_once('@')).map(|(_, h)| h.to_ascii_lowercase())
+    {
+        for r in recipients.iter_mut().filter(|r| r.reporting_mta.is_none()) {
+            r.reporting_mta = Some(host.clone());
+        }
+    }
     let has_codes = recipients.iter().any(|r| r.status.is_some() || r.reply_code.is_some());
     if !has_codes
         && depth == 0

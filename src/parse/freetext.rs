@@ -376,9 +376,29 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
         };
         let mut r = Recipient { recipient: addr.clone(), ..Recipient::default() };
         fill_codes(&mut r, diagnostic, &blocks, global.as_deref(), true);
+        r.remote_mta = r.diagnostic.as_deref().and_then(remote_host).or_else(|| blocks.iter().find_map(|b| remote_host(b)));
         out.push(r);
     }
     out
+}
+
+/// The remote host a diagnostic names ("host mx.example.org[192.0.2.1] said", "while talking to
+/// mx.example.org.:", "Connected to 192.0.2.1 but", "host mx.example.org [192.0.2.1]: 550"): the first
+/// host name (with a dot) or IPv4 address after one of those words.
+pub(crate) fn remote_host(text: &str) -> Option<String> {
+    const LEAD: &[&str] = &["host ", "talking to ", "connected to ", "connect to ", "remote server ", "mail server "];
+    LEAD.iter()
+        .filter_map(|lead| find_ci(text, lead).map(|pos| pos + lead.len()))
+        .min()
+        .and_then(|at| {
+            let token = text[at..].split(|c: char| c.is_whitespace() || matches!(c, '[' | '(' | ',' | ';' | '>' | '<')).next()?;
+            let host = token.trim_end_matches(['.', ':', ']', ')']).trim_start_matches(['[', '(']);
+            let ok = host.contains('.')
+                && host.len() > 3
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && host.bytes().any(|b| b.is_ascii_alphabetic() || b == b'.');
+            ok.then(|| host.to_ascii_lowercase())
+        })
 }
 
 /// Sets diagnostic, status, reply code and SMTP command from the chosen diagnostic, falling back to the
@@ -483,6 +503,15 @@ mod tests {
         assert_eq!(r[0].smtp_command.as_deref(), Some("RCPT"));
         assert_eq!(r[1].status.as_deref(), Some("5.2.2"));
         assert_eq!(r[1].reply_code, Some(552));
+    }
+
+    #[test]
+    fn remote_hosts_named_in_diagnostics() {
+        assert_eq!(remote_host("<a@b.example>: host mx.example.org[192.0.2.1] said: 550").as_deref(), Some("mx.example.org"));
+        assert_eq!(remote_host("... while talking to MX.Example.ORG.:\n>>> RCPT").as_deref(), Some("mx.example.org"));
+        assert_eq!(remote_host("Connected to 192.0.2.225 but sender was rejected.").as_deref(), Some("192.0.2.225"));
+        assert_eq!(remote_host("550 5.1.1 user unknown"), None);
+        assert_eq!(remote_host("host said: 550"), None);
     }
 
     #[test]
