@@ -4,11 +4,16 @@
 //! unknown keys, so a typo is an error naming the key, not a silent default), and [`Config::validate`] is a
 //! pure check of the values (ranges, addresses) with no I/O. [`Config::load`] reads a file and runs both.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::report::config::{ReportSpfConfig, SmtpConfig};
+use crate::report::dkim::DkimKeyConfig;
+use crate::spf::config::SpfConfig;
 
 /// The default database: an SQLite file `rebound.db` in the current directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://rebound.db";
@@ -54,6 +59,22 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `[classify]`.
     pub classify: ClassifyConfig,
+    /// `[spf]`: when the section is present, `serve` runs the SPF policy server (and the report side).
+    pub spf: Option<SpfConfig>,
+    /// `[report]`, with `[report.spf]` inside.
+    pub report: ReportConfig,
+    /// `[dkim.NAME]`: the keys `[report.spf] sign` names.
+    pub dkim: BTreeMap<String, DkimKeyConfig>,
+    /// `[smtp]`: the relay reports go through.
+    pub smtp: SmtpConfig,
+}
+
+/// `[report]`: outgoing reports.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// `[report.spf]`: SPF failure reports.
+    pub spf: ReportSpfConfig,
 }
 
 /// `[classify]`: the trained model every source classifies with.
@@ -193,6 +214,13 @@ impl Config {
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
+        if let Some(spf) = &self.spf {
+            spf.validate().map_err(|e| invalid("spf", &e.to_string()))?;
+            self.report.spf.validate().map_err(|e| invalid("report.spf", &e.to_string()))?;
+            if self.report.spf.enabled {
+                self.smtp.validate().map_err(|e| invalid("smtp", &e.to_string()))?;
+            }
+        }
         Ok(())
     }
 }
@@ -288,6 +316,18 @@ mod tests {
     fn shipped_config_file_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rebound.toml");
         let c = Config::load(&path).unwrap();
-        assert_eq!(c, Config::default(), "config/rebound.toml should spell out the defaults");
+        let defaults = Config { spf: Some(SpfConfig::default()), ..Config::default() };
+        assert_eq!(c, defaults, "config/rebound.toml should spell out the defaults");
+    }
+
+    #[test]
+    fn spf_runs_only_with_its_section_and_its_keys_are_checked() {
+        assert_eq!(parse("").unwrap().spf, None);
+        let c = parse("[spf]\nlisten = \"127.0.0.1:0\"\n[report.spf]\nenabled = false\n").unwrap();
+        assert_eq!(c.spf.unwrap().listen, "127.0.0.1:0");
+        let e = parse("[report.spf]\nenabeld = true\n").unwrap_err();
+        assert!(e.to_string().contains("enabeld"), "{e}");
+        let e = parse("[dkim.main]\ndomain = \"example.com\"\n").unwrap_err();
+        assert!(e.to_string().contains("selector"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
-//! `rebound serve`: the long-running service. It opens (and migrates) the database, starts the group-commit
-//! writer and the LMTP listener, and shuts them down in order on SIGTERM or SIGINT.
+//! `rebound serve`: the long-running service. It loads the model, opens (and migrates) the database, starts
+//! the SPF side when `[spf]` is configured (policy server, check writer, report sender: [`crate::spf::server`]),
+//! the group-commit writer and the LMTP listener, and shuts them down in order on SIGTERM or SIGINT.
 //!
 //! Order matters for a clean shutdown: the signal handlers are installed before anything is bound (a signal
 //! that arrives while the database is being opened is not lost, it ends the start-up), the listener stops
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::ingest::lmtp;
 use crate::ingest::writer::Writer;
+use crate::spf::server::{self as spf_server, SpfSections};
 use crate::store::{Store, StoreError, redact_url};
 
 /// Why the service could not start.
@@ -24,6 +26,9 @@ pub enum ServeError {
     /// The model of `[classify]` exists but cannot be loaded.
     #[error("cannot load the model: {0}")]
     Model(#[source] crate::classify::ModelError),
+    /// The SPF side (policy server, report writer and sender) could not start.
+    #[error("cannot start the SPF policy server: {0}")]
+    Spf(#[source] crate::spf::server::StartError),
     /// The database could not be opened or migrated.
     #[error("cannot open database {url}: {source}")]
     Database {
@@ -80,6 +85,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         }
     };
     tracing::info!(database = %redact_url(url), "database open");
+    let spf = match &config.spf {
+        Some(spf) => {
+            let sections = SpfSections { spf, report: &config.report.spf, dkim: &config.dkim, smtp: &config.smtp };
+            Some(spf_server::start(sections, store.clone(), shutdown.clone()).await.map_err(ServeError::Spf)?)
+        }
+        None => {
+            tracing::info!("no [spf] section: the SPF policy server is not started");
+            None
+        }
+    };
     let (writer, writer_task) = Writer::spawn(store, config.ingest.max_batch, config.ingest.commit_delay);
 
     let lmtp = config.ingest.lmtp.clone();
@@ -91,6 +106,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     // Every session (and with it every writer handle) is gone: the writer commits what it has and stops.
     if let Err(e) = writer_task.await {
         tracing::error!(error = %e, "the database writer failed");
+    }
+    // The SPF side saw the same signal; its writer stops once the policy server has.
+    let deadline = tokio::time::Instant::now() + config.ingest.lmtp.shutdown_grace;
+    for task in spf.map(|running| running.tasks).unwrap_or_default() {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "an SPF task failed"),
+            Err(_) => tracing::warn!("an SPF task did not stop within the shutdown grace"),
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -450,3 +450,31 @@ fn address_in_use_exits_75_naming_the_address() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen for LMTP on {addr}")), "{stderr}");
 }
+
+/// With an `[spf]` section, `serve` runs the SPF policy server beside LMTP and stops both on SIGTERM.
+#[test]
+fn serve_runs_the_spf_policy_server_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let mut server = Server::start_with(dir.path(), &url, "", "shutdown_grace = \"3s\"\n[spf]\nlisten = \"127.0.0.1:0\"");
+    wait_for_log(&server, "spf policy server listening on ");
+    let log = server.log();
+    let at = log.find("spf policy server listening on ").unwrap() + "spf policy server listening on ".len();
+    let addr: std::net::SocketAddr = log[at..].split_whitespace().next().unwrap().parse().unwrap();
+    let mut policy = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut policy,
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=127.0.0.1\nhelo_name=localhost\nsender=a@example.com\n\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let mut reader = std::io::BufReader::new(policy);
+    std::io::BufRead::read_line(&mut reader, &mut answer).unwrap();
+    assert!(answer.starts_with("action="), "{answer:?}");
+    let mut client = Client::ready(server.addr);
+    assert_eq!(client.deliver("", &["b@example.com"], &sample_message(1))[0].code, 250);
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(20)).expect("serve did not stop");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    drop(reader);
+}

@@ -45,7 +45,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service: LMTP listener that stores every message it is given.
+    /// Run the service: LMTP listener that stores every message it is given, and the SPF policy server
+    /// when [spf] is configured.
     Serve(serve::ServeArgs),
     /// Store messages from files, directories (recursive), Maildirs, mbox files, or one on stdin ('-').
     Ingest(ingest::IngestArgs),

@@ -7,6 +7,7 @@ use clap::Args;
 use super::{Failure, load_config};
 use crate::exit;
 use crate::serve::{self, ServeError};
+use crate::spf::server::StartError;
 
 /// Arguments of `rebound serve`.
 #[derive(Debug, Args)]
@@ -31,6 +32,7 @@ pub async fn run(args: ServeArgs) -> Result<i32, Failure> {
     match serve::run(config, shutdown).await {
         Ok(()) => Ok(exit::OK),
         Err(e @ ServeError::Model(_)) => Err(Failure::usage(e)),
+        Err(ServeError::Spf(e)) if !matches!(e, StartError::Bind { .. }) => Err(Failure::usage(ServeError::Spf(e))),
         // The database or the address: worth a retry once the cause is fixed.
         Err(e) => Err(Failure::temporary(e)),
     }

@@ -101,10 +101,21 @@ impl Store {
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-                let outcomes = sqlite_write::write_messages(&mut tx, rows).await.map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                Ok(outcomes)
+                let mut conn = pool.acquire().await.map_err(err)?;
+                let result = async {
+                    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                    let outcomes = sqlite_write::write_messages(&mut tx, rows).await?;
+                    tx.commit().await?;
+                    Ok(outcomes)
+                }
+                .await;
+                if result.is_err() {
+                    // After a failed COMMIT (e.g. a disk I/O error) sqlx still counts the transaction as
+                    // open; back in the pool the connection would refuse every later BEGIN ("non-zero
+                    // transaction depth") and the store would never recover. Close it instead.
+                    conn.close_on_drop();
+                }
+                result.map_err(err)
             }
             Pool::Postgres(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
