@@ -2,7 +2,8 @@
 //! transaction against 64 per transaction, on a SQLite file (WAL, synchronous=FULL) and, when
 //! `REBOUND_TEST_POSTGRES_URL` is set, on Postgres (in a schema of its own, dropped afterwards).
 //!
-//! `cargo bench --bench store` (`REBOUND_BENCH_MESSAGES=N` changes the message count per run, default 2048).
+//! `cargo bench --bench store` (`REBOUND_BENCH_MESSAGES=N` changes the message count per run, default 2048;
+//! a quarter of that for single-message transactions). Each case runs three times; the median is reported.
 //! Messages are synthetic DSNs of ~1.5 KB with two recipients each; every one is new (no duplicates).
 
 use std::str::FromStr;
@@ -14,7 +15,9 @@ use rebound::store::{NewMessage, Store};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor};
 
-const BATCH_SIZES: [usize; 2] = [1, 64];
+/// (messages per transaction, concurrent writers): one writer with 1 and 64 messages per transaction, and
+/// 8 writers with 1 each (what 8 LMTP sessions committing separately would do).
+const CASES: [(usize, usize); 3] = [(1, 1), (64, 1), (1, 8)];
 
 fn message(run: &str, i: usize) -> NewMessage {
     let raw = format!(
@@ -59,26 +62,51 @@ fn message(run: &str, i: usize) -> NewMessage {
     }
 }
 
-/// Save `count` new messages in batches of `batch`; messages per second.
-async fn run(store: &Store, label: &str, batch: usize, count: usize) -> anyhow::Result<f64> {
-    let messages: Vec<NewMessage> = (0..count).map(|i| message(&format!("{label}-{batch}"), i)).collect();
+/// Save `count` new messages in batches of `batch`, from `writers` concurrent tasks; messages per second.
+async fn run(store: &Store, label: &str, batch: usize, writers: usize, count: usize) -> anyhow::Result<f64> {
+    let messages: Vec<NewMessage> =
+        (0..count).map(|i| message(&format!("{label}-{batch}-{writers}-{}", rand_tag()), i)).collect();
+    let per_writer = count.div_ceil(writers);
     let start = Instant::now();
-    for chunk in messages.chunks(batch) {
-        store.save_messages(chunk).await?;
+    let mut tasks = Vec::new();
+    for part in messages.chunks(per_writer).map(<[NewMessage]>::to_vec) {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in part.chunks(batch) {
+                store.save_messages(chunk).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
     }
     Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
+/// A tag that makes every run's messages new.
+fn rand_tag() -> u64 {
+    rand::random()
+}
+
+/// The median of three runs of each case.
 async fn bench(store: &Store, label: &str, count: usize) -> anyhow::Result<()> {
-    let mut rates = Vec::new();
-    for batch in BATCH_SIZES {
+    let mut medians = Vec::new();
+    for (batch, writers) in CASES {
         // Fewer single-message transactions: each one is a synced commit.
         let n = if batch == 1 { count / 4 } else { count };
-        let rate = run(store, label, batch, n).await?;
-        println!("{label:<9} batch {batch:>3}: {n:>6} messages, {rate:>9.0} msg/s");
-        rates.push(rate);
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            rates.push(run(store, label, batch, writers, n).await?);
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{label:<9} batch {batch:>3}, {writers} writer(s): {n:>6} messages, median {:>6.0} msg/s (runs {:.0} {:.0} {:.0})",
+            rates[1], rates[0], rates[1], rates[2]
+        );
+        medians.push(rates[1]);
     }
-    println!("{label:<9} batch 64 / batch 1 = {:.1}x", rates[1] / rates[0]);
+    println!("{label:<9} batch 64 / batch 1 (one writer) = {:.1}x", medians[1] / medians[0]);
     Ok(())
 }
 

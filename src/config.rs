@@ -1,1 +1,293 @@
 //! TOML configuration (`config/rebound.toml`); unknown keys are errors.
+//!
+//! Loading is split in two, as vector does: [`Config::from_toml`] turns text into values (serde rejects
+//! unknown keys, so a typo is an error naming the key, not a silent default), and [`Config::validate`] is a
+//! pure check of the values (ranges, addresses) with no I/O. [`Config::load`] reads a file and runs both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The default database: an SQLite file `rebound.db` in the current directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://rebound.db";
+
+/// Why a configuration could not be used. Every variant names the file (or `<text>` for inline TOML).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message; it names the key and the line.
+        message: String,
+    },
+    /// A value is well-formed but unusable.
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key, e.g. `ingest.lmtp.max_connections`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration file. Every section is optional; missing keys take safe defaults.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[ingest]`, with `[ingest.lmtp]` inside.
+    pub ingest: IngestConfig,
+    /// `[classify]`.
+    pub classify: ClassifyConfig,
+}
+
+/// `[classify]`: the trained model every source classifies with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// Directory of the trained model (`models/` of the repository). When it does not exist, reasons come
+    /// from the structured-signal prior alone (with a warning); a corrupt model is an error.
+    pub model: PathBuf,
+    /// Below this confidence the model answers `onhold` instead of guessing.
+    pub min_confidence: f32,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig { model: PathBuf::from("models"), min_confidence: crate::classify::DEFAULT_MIN_CONFIDENCE }
+    }
+}
+
+/// `[database]`: where messages are stored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: DEFAULT_DATABASE_URL.to_string() }
+    }
+}
+
+/// `[ingest]`: how messages from every source are committed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most messages committed in one transaction (group commit).
+    pub max_batch: usize,
+    /// How long the writer may hold a batch open for messages of other sessions (it commits at once when
+    /// every connected session has its message in the batch).
+    #[serde(deserialize_with = "de_duration")]
+    pub commit_delay: Duration,
+    /// `[ingest.lmtp]`.
+    pub lmtp: LmtpConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_batch: 256, commit_delay: Duration::from_millis(2), lmtp: LmtpConfig::default() }
+    }
+}
+
+/// `[ingest.lmtp]`: the LMTP listener of `rebound serve` (RFC 2033).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmtpConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Largest message accepted, in bytes (LMTP `SIZE`); larger ones get 552 5.3.4. Also the limit of
+    /// `rebound ingest`.
+    pub max_message_size: usize,
+    /// Most concurrent LMTP connections; one more is told 421 and closed.
+    pub max_connections: usize,
+    /// Most recipients per transaction; one more gets 452 4.5.3.
+    pub max_recipients: usize,
+    /// A connection silent this long is closed with 421.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long messages in flight may take to finish before the process exits.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2424)),
+            max_message_size: 10 * 1024 * 1024,
+            max_connections: 100,
+            max_recipients: 1000,
+            idle_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config = Config::from_toml(&text, path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parse TOML text; `path` only names the source in errors. Does not validate.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Check the values; pure, no I/O. `path` only names the source in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message: message.to_string(),
+        };
+        let url = self.database.url.as_str();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid("database.url", "must start with sqlite: or postgres://"));
+        }
+        let ingest = &self.ingest;
+        if ingest.max_batch == 0 || ingest.max_batch > 10_000 {
+            return Err(invalid("ingest.max_batch", "must be between 1 and 10000"));
+        }
+        if ingest.commit_delay > Duration::from_secs(1) {
+            return Err(invalid("ingest.commit_delay", "must be at most 1s (it delays every acknowledgement)"));
+        }
+        let lmtp = &ingest.lmtp;
+        if lmtp.max_message_size < 1024 {
+            return Err(invalid("ingest.lmtp.max_message_size", "must be at least 1024 bytes"));
+        }
+        if lmtp.max_connections == 0 {
+            return Err(invalid("ingest.lmtp.max_connections", "must be at least 1"));
+        }
+        if lmtp.max_recipients == 0 {
+            return Err(invalid("ingest.lmtp.max_recipients", "must be at least 1"));
+        }
+        if lmtp.idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("ingest.lmtp.idle_timeout", "must be at least 1s"));
+        }
+        if !(0.0..=1.0).contains(&self.classify.min_confidence) {
+            return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a duration text was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: write a whole number and a unit, e.g. \"2ms\", \"30s\", \"5m\", \"1h\"")]
+pub struct DurationError(String);
+
+/// Parse a duration written as a whole number and a unit: `2ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| DurationError(s.to_string()))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(DurationError(s.to_string())),
+    })
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::from_toml(text, Path::new("test.toml"))?;
+        c.validate(Path::new("test.toml"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_file_gives_safe_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.database.url, "sqlite://rebound.db");
+        assert_eq!(c.ingest.lmtp.listen.to_string(), "127.0.0.1:2424");
+        assert_eq!(c.ingest.commit_delay, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_and_key() {
+        let e = parse("[ingest.lmtp]\nlisten = \"127.0.0.1:25\"\nmax_mesage_size = 5\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("test.toml"), "{msg}");
+        assert!(msg.contains("max_mesage_size"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let e = parse("[databse]\nurl = \"sqlite://x.db\"\n").unwrap_err();
+        assert!(e.to_string().contains("databse"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let c = parse("[ingest]\ncommit_delay = \"5ms\"\n[ingest.lmtp]\nidle_timeout = \"2m\"\nshutdown_grace = \"10s\"\n")
+            .unwrap();
+        assert_eq!(c.ingest.commit_delay, Duration::from_millis(5));
+        assert_eq!(c.ingest.lmtp.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.ingest.lmtp.shutdown_grace, Duration::from_secs(10));
+        let e = parse("[ingest]\ncommit_delay = \"5 fortnights\"\n").unwrap_err();
+        assert!(e.to_string().contains("commit_delay"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let e = parse("[ingest]\nmax_batch = 0\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "ingest.max_batch", .. }), "{e}");
+        let e = parse("[database]\nurl = \"mysql://x\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "database.url", .. }), "{e}");
+        let e = parse("[ingest.lmtp]\nmax_connections = 0\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.max_connections", .. }), "{e}");
+        let e = parse("[classify]\nmin_confidence = 1.5\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "classify.min_confidence", .. }), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_an_error() {
+        let e = parse("[ingest.lmtp]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rebound.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c, Config::default(), "config/rebound.toml should spell out the defaults");
+    }
+}

@@ -7,9 +7,12 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod ingest;
+pub mod metrics;
 pub mod parse;
 pub mod report;
+pub mod serve;
 pub mod spf;
 pub mod store;
 

@@ -1,6 +1,5 @@
-//! The `rebound` binary: see [`rebound::cli`].
+//! The `rebound` binary: everything lives in the library; see [`rebound::cli`].
 
-#[tokio::main]
-async fn main() {
-    std::process::exit(rebound::cli::main().await);
+fn main() {
+    std::process::exit(rebound::cli::main());
 }

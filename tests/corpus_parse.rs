@@ -184,6 +184,8 @@ fn arf_corpus_matches_expected_fields() {
         let p = parse(&raw);
         let mut diffs = Vec::new();
         match (e["feedback_type"].as_str(), &p.feedback) {
+            // A report without an ARF part is kept as unparsed, not mistaken for an auto-reply or a bounce.
+            (None, None) if p.kind != Kind::Unparsed => diffs.push(format!("kind {:?} for a report without ARF", p.kind)),
             (None, None) => {}
             (None, Some(_)) => diffs.push("a report was found where there is none".to_string()),
             (Some(_), None) => diffs.push(format!("no report found ({:?}: {:?})", p.kind, p.parse_error)),
@@ -228,4 +230,105 @@ fn arf_corpus_matches_expected_fields() {
     }
     assert!(!expected.is_empty());
     assert!(failures.is_empty(), "{} ARF file(s) differ", failures.len());
+}
+
+#[test]
+fn mutated_corpus_files_never_reach_the_panic_guard() {
+    let Some(dir) = corpus("bounces") else { return };
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join("emails")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut runs = 0;
+    for path in files.iter().step_by(3) {
+        let raw = std::fs::read(path).expect("read corpus file");
+        if raw.is_empty() {
+            continue;
+        }
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..4 {
+            variants.push(raw[..(next() as usize) % raw.len()].to_vec());
+        }
+        let mut flipped = raw.clone();
+        for _ in 0..(raw.len() / 50).max(1) {
+            let at = (next() as usize) % flipped.len();
+            flipped[at] = next() as u8;
+        }
+        variants.push(flipped);
+        for v in &variants {
+            let p = parse(v);
+            runs += 1;
+            assert!(
+                !p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")),
+                "{}: a mutated copy reached the panic guard",
+                path.display()
+            );
+        }
+    }
+    println!("mutated inputs parsed: {runs}");
+    assert!(runs > 0);
+}
+
+#[test]
+fn lf_crlf_and_cr_copies_of_a_message_parse_alike() {
+    let Some(dir) = corpus("bounces") else { return };
+    let labels_path = dir.join("labels.jsonl");
+    if !labels_path.is_file() {
+        println!("skipping: {} not found", labels_path.display());
+        return;
+    }
+    // Copies of one message with other line endings share content_norm_sha256 (see the corpus README).
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in read_jsonl(&labels_path) {
+        if let (Some(h), Some(f)) = (row["content_norm_sha256"].as_str(), row["file"].as_str()) {
+            let files = groups.entry(h.to_string()).or_default();
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+    }
+    let mut compared = 0;
+    let mut differing = Vec::new();
+    for files in groups.values().filter(|f| f.len() > 1) {
+        let summaries: Vec<(String, String)> = files
+            .iter()
+            .filter_map(|f| std::fs::read(dir.join(f)).ok().map(|raw| (f.clone(), raw)))
+            .map(|(f, raw)| {
+                let p = parse(&raw);
+                let rcpts: Vec<String> = p
+                    .recipients
+                    .iter()
+                    .map(|r| format!("{} {:?} {:?} {:?} {:?}", r.recipient, r.status, r.reply_code, r.action, r.smtp_command))
+                    .collect();
+                (f, format!("{:?} {}", p.kind, rcpts.join("; ")))
+            })
+            .collect();
+        compared += 1;
+        if summaries.windows(2).any(|w| w[0].1 != w[1].1) {
+            differing.push(format!("{summaries:?}"));
+        }
+    }
+    println!("copies compared: {compared} groups, {} differ", differing.len());
+    for d in &differing {
+        println!("differs: {d}");
+    }
+    assert!(compared > 0, "no LF/CRLF/CR copies found in labels.jsonl");
+    assert!(differing.is_empty(), "{} group(s) of copies parse differently", differing.len());
 }

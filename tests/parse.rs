@@ -108,6 +108,7 @@ fn qmail_free_text_bounce() {
     assert_eq!(r.status.as_deref(), Some("5.1.1"));
     assert_eq!(r.reply_code, Some(550));
     assert!(r.diagnostic.as_deref().is_some_and(|d| d.contains("Recipient address rejected")));
+    assert_eq!(r.reporting_mta.as_deref(), Some("mail.example.net"));
     assert_eq!(p.original.and_then(|o| o.message_id).as_deref(), Some("20261201091159.4242.qmail@mail.example.net"));
 }
 
@@ -118,6 +119,8 @@ fn exim_free_text_bounce_with_two_recipients() {
     assert_eq!(rcpts(&p), ["nouser@example.org", "quota@example.net"]);
     assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"));
+    assert_eq!(p.recipients[0].remote_mta.as_deref(), Some("mx.example.org"));
+    assert_eq!(p.recipients[1].remote_mta.as_deref(), Some("mx.example.net"));
     assert_eq!(p.recipients[1].status.as_deref(), Some("4.2.2"));
     assert_eq!(p.recipients[1].reply_code, Some(452));
     assert_eq!(p.recipients[1].smtp_command.as_deref(), Some("DATA"));
@@ -130,6 +133,7 @@ fn sendmail_free_text_bounce_with_transcript() {
     assert_eq!(rcpts(&p), ["unknown@example.org"], "the sender in the transcript is not a recipient");
     assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(p.recipients[0].reply_code, Some(550));
+    assert_eq!(p.recipients[0].smtp_command.as_deref(), Some("RCPT"), "from the transcript, not MAIL before it");
 }
 
 #[test]
@@ -305,12 +309,23 @@ fn deeply_nested_multiparts_are_bounded() {
     let p = parse(raw.as_bytes());
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 
+}
+
+/// Regression: 60,000 message/rfc822 parts nested in each other (3 MB) overflowed a 2 MB thread stack when
+/// the parsed tree was dropped, aborting the process (no panic to catch).
+#[test]
+fn deeply_nested_messages_do_not_overflow_the_stack() {
     let mut nested = String::new();
-    for _ in 0..depth {
+    for _ in 0..60_000 {
         nested.push_str("From: a@example.net\nContent-Type: message/rfc822\n\n");
     }
     nested.push_str("From: b@example.net\n\nbody\n");
-    let p = parse(nested.as_bytes());
+    let worker = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse(nested.as_bytes()))
+        .expect("spawn a thread with a 2 MB stack");
+    let p = worker.join().expect("parse returned without overflowing the stack");
+    assert_eq!(p.kind, Kind::Unparsed);
     assert!(!p.parse_error.as_deref().is_some_and(|e| e.contains("internal error")));
 }
 
@@ -334,4 +349,67 @@ fn unparsed_constructor_keeps_the_reason() {
     assert_eq!(p.kind, Kind::Unparsed);
     assert_eq!(p.parse_error.as_deref(), Some("message over the size limit"));
     assert!(p.recipients.is_empty() && p.feedback.is_none() && p.original.is_none());
+}
+
+#[test]
+fn report_forwarded_as_an_attachment_is_read_from_the_attachment() {
+    let p = parse_all_endings("dsn-forwarded-as-attachment.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["nobody@example.org"]);
+    assert_eq!(p.recipients[0].status.as_deref(), Some("5.1.1"));
+    assert_eq!(p.message_id.as_deref(), Some("inner-dsn-1@mx.example.net"));
+    assert!(p.parse_error.as_deref().is_some_and(|e| e.contains("attached")));
+}
+
+#[test]
+fn dsn_fields_pasted_into_text() {
+    let p = parse_all_endings("bounce-dsn-fields-in-text.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["buyer@example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!((r.action.as_deref(), r.status.as_deref(), r.reply_code), (Some("failed"), Some("5.2.2"), Some(550)));
+    assert_eq!(r.reporting_mta.as_deref(), Some("out-1.mail.example.net"));
+    assert_eq!(p.original.and_then(|o| o.message_id).as_deref(), Some("order-77@example.com"));
+}
+
+#[test]
+fn local_part_only_recipient_is_completed_from_received_for() {
+    let p = parse_all_endings("bounce-local-part-only.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["kuro@example.net"], "the sender quoted in the reply is not the recipient");
+    let r = &p.recipients[0];
+    assert_eq!((r.status.as_deref(), r.reply_code), (Some("5.7.0"), Some(550)));
+    assert_eq!(r.smtp_command.as_deref(), Some("MAIL"));
+}
+
+#[test]
+fn feedback_fields_in_a_text_body() {
+    let p = parse_all_endings("arf-fields-in-text-body.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback");
+    assert_eq!((f.feedback_type.as_str(), f.source_ip.as_deref()), ("abuse", Some("192.0.2.44")));
+    assert_eq!(rcpts(&p), ["member@mailbox.example.net"]);
+    assert_eq!(p.subject.as_deref(), Some("Fwd: complaint report"));
+}
+
+#[test]
+fn cr_only_file_with_a_stray_lf_is_still_read_as_cr_only() {
+    let mut raw = to_cr(&fixture("bounce-qmail.eml"));
+    raw.extend_from_slice(b"trailing line\n");
+    let p = parse(&raw);
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["gone@example.org"]);
+}
+
+#[test]
+fn a_text_full_of_addresses_is_read_in_bounded_time() {
+    let mut raw = String::from("From: MAILER-DAEMON@example.net\nSubject: Undelivered Mail\n\n");
+    for i in 0..50_000 {
+        raw.push_str(&format!("<user{i}@example.org>: 550 5.1.1 unknown\n"));
+    }
+    let start = std::time::Instant::now();
+    let p = parse(raw.as_bytes());
+    assert_eq!(p.kind, Kind::Bounce);
+    assert!(!p.recipients.is_empty() && p.recipients.len() <= 100, "{} recipients", p.recipients.len());
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }

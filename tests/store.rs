@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use rebound::classify::{Classification, DecidedBy, REASONS};
 use rebound::parse::{FeedbackReport, Kind, OriginalMessage, Parsed, Recipient};
-use rebound::store::{Backend, NewMessage, SaveOutcome, Store, StoreErrorKind, redact_url};
+use rebound::store::{Backend, NewMessage, NewModelVersion, SaveOutcome, Store, StoreErrorKind, redact_url};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, Row};
@@ -37,6 +37,8 @@ impl Drop for PgSchema {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                // A failed test may leave a transaction of its own holding locks: give up rather than hang.
+                conn.execute("SET lock_timeout = '5s'").await.ok()?;
                 conn.execute(sql.as_str()).await.ok()
             })
         })
@@ -62,7 +64,11 @@ impl TestDb {
             eprintln!("skipping Postgres variant of {test}: {POSTGRES_ENV} is not set");
             return None;
         };
-        let name = format!("rebound_test_{}_{}", std::process::id(), test);
+        // Unique and within Postgres' 63-byte identifier limit: process id, a counter, the test's name cut short.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let short: String = test.chars().take(30).collect();
+        let name = format!("rebound_test_{}_{n}_{short}", std::process::id());
         let mut admin = sqlx::PgConnection::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={} is set but unreachable: {e}", redact_url(&url)));
@@ -257,6 +263,17 @@ async fn migrations_are_idempotent(db: &TestDb) {
     assert_eq!(hard, ["hasmoved", "hostunknown", "notaccept", "userunknown"]);
 }
 
+async fn a_database_from_a_newer_rebound_is_a_schema_error(db: &TestDb) {
+    let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (99999, 'from the future', true, $1, 0)";
+    with_pool!(db.store, pool => sqlx::query(sql).bind(vec![0u8; 48]).execute(pool).await.map(|_| ()))
+        .expect("record a future migration");
+    let err = db.store.migrate().await.expect_err("unknown migration applied");
+    assert_eq!(err.kind(), StoreErrorKind::Schema, "{err}");
+    assert!(!err.is_temporary());
+    assert!(err.to_string().contains("cannot migrate database"), "{err}");
+}
+
 async fn stores_every_field_of_a_dsn(db: &TestDb) {
     let mut hard = rcpt("Gone@Example.COM", "5.1.1", "userunknown", true, 0.9);
     hard.last_attempt = Some("Tue, 24 Nov 2026 10:30:00 +0100");
@@ -330,6 +347,28 @@ async fn a_bad_message_does_not_fail_the_others(db: &TestDb) {
     assert!(why.contains("1 recipients but 0 classifications"), "{why}");
     // The refused message's raw bytes are still there for a later re-parse.
     assert!(scalar(s, &format!("SELECT size {refused_row}")).await > 0);
+}
+
+async fn a_large_batch_keeps_order_and_counts(db: &TestDb) {
+    // More messages and bounces than one multi-row statement takes, with duplicates scattered through it.
+    let mut batch: Vec<NewMessage> = (0..300)
+        .map(|i| dsn(&format!("large-{i}"), &[rcpt("a@example.com", "5.1.1", "userunknown", true, 0.9),
+                                               rcpt("b@example.com", "4.2.2", "mailboxfull", false, 0.9)]))
+        .collect();
+    batch.push(batch[7].clone());
+    batch.insert(0, batch[299].clone());
+    let out = db.store.save_messages(&batch).await.expect("save");
+    assert_eq!(out.len(), 302);
+    assert!(is_stored(&out[0]), "the first occurrence is the stored one");
+    assert_eq!(out[300], SaveOutcome::Duplicate { message_id: out[0].message_id() });
+    assert_eq!(out[301], SaveOutcome::Duplicate { message_id: out[8].message_id() });
+    assert_eq!(out.iter().filter(|o| is_stored(o)).count(), 300);
+    // Outcomes follow the input order: each message's id points at its own bytes.
+    for (m, o) in batch.iter().zip(&out).step_by(37) {
+        let sha = text(&db.store, &format!("SELECT sha256 FROM messages WHERE id = {}", o.message_id())).await;
+        assert_eq!(sha.as_deref(), Some(hex::encode(m.sha256).as_str()));
+    }
+    assert_eq!(scalar(&db.store, "SELECT COUNT(*) FROM bounces").await, 600);
 }
 
 async fn nul_characters_are_stored(db: &TestDb) {
@@ -418,6 +457,83 @@ async fn labels_refuse_unknown_reasons(db: &TestDb) {
     execute(&db.store, &sql.replace("no-such-reason", "gmail-throttle")).await;
 }
 
+async fn a_label_replaces_the_verdict_and_keeps_history(db: &TestDb) {
+    let s = &db.store;
+    s.save_messages(&[dsn("lab", &[rcpt("who@example.com", "5.0.0", "onhold", false, 0.0),
+                                   rcpt("later@example.com", "4.0.0", "onhold", false, 0.0)])])
+        .await.expect("save");
+    let id = scalar(s, "SELECT id FROM bounces WHERE recipient = 'who@example.com'").await;
+    let label = s.add_label(id, "userunknown", "alice").await.expect("label");
+    let row = format!("FROM bounces WHERE id = {id}");
+    assert_eq!(text(s, &format!("SELECT reason {row}")).await.as_deref(), Some("userunknown"));
+    assert_eq!(text(s, &format!("SELECT decided_by {row}")).await.as_deref(), Some("user"));
+    assert_eq!(texts(s, "SELECT recipient FROM suppression_list").await, ["who@example.com"], "a 5.x.x userunknown is hard");
+    assert_eq!(texts(s, "SELECT recipient FROM labelling_queue").await, ["later@example.com"]);
+    // A temporary failure is never hard, whatever the label.
+    let later = scalar(s, "SELECT id FROM bounces WHERE recipient = 'later@example.com'").await;
+    s.add_label(later, "userunknown", "alice").await.expect("label");
+    assert_eq!(scalar(s, &format!("SELECT COUNT(*) FROM bounces WHERE id = {later} AND hard_bounce")).await, 0);
+
+    // Relabelling: only the latest label is an example, and it remembers what it replaced.
+    s.upsert_category("gmail-throttle", Some("Gmail rate limiting"), false).await.expect("category");
+    let relabel = s.add_label(id, "gmail-throttle", "bob").await.expect("relabel");
+    assert!(relabel > label);
+    let examples = s.labelled_bounces(0).await.expect("examples");
+    assert_eq!(examples.len(), 2);
+    let who = examples.iter().find(|e| e.bounce_id == id).expect("who@");
+    assert_eq!((who.reason.as_str(), who.previous_reason.as_deref()), ("gmail-throttle", Some("userunknown")));
+    assert_eq!(who.status.as_deref(), Some("5.0.0"));
+    assert!(s.labelled_bounces(relabel).await.expect("none newer").is_empty());
+    assert_eq!(text(s, &format!("SELECT previous_reason FROM labels WHERE id = {label}")).await.as_deref(), Some("onhold"));
+    assert!(texts(s, "SELECT recipient FROM suppression_list").await.is_empty(), "no longer hard");
+
+    let unknown = s.add_label(id, "no-such-reason", "bob").await.expect_err("unknown reason");
+    assert_eq!(unknown.kind(), StoreErrorKind::Data);
+    assert!(unknown.to_string().contains("unknown reason"), "{unknown}");
+    let missing = s.add_label(id + 1000, "userunknown", "bob").await.expect_err("unknown bounce");
+    assert!(missing.to_string().contains("no such bounce"), "{missing}");
+    assert_eq!(scalar(s, "SELECT COUNT(*) FROM labels").await, 3, "failed labels leave nothing behind");
+}
+
+async fn categories_keep_builtins_and_accept_custom_ones(db: &TestDb) {
+    let s = &db.store;
+    s.upsert_category("needs-whitelisting", None, false).await.expect("custom");
+    s.upsert_category("needs-whitelisting", Some("ask their postmaster"), true).await.expect("update custom");
+    s.upsert_category("userunknown", Some("changed"), false).await.expect("built-in name accepted");
+    let all = s.categories().await.expect("categories");
+    assert_eq!(all.len(), REASONS.len() + 1);
+    let custom = all.iter().find(|c| c.name == "needs-whitelisting").expect("custom");
+    assert_eq!((custom.description.as_deref(), custom.hard_bounce, custom.builtin), (Some("ask their postmaster"), true, false));
+    let builtin = all.iter().find(|c| c.name == "userunknown").expect("builtin");
+    assert!(builtin.hard_bounce && builtin.builtin && builtin.description.as_deref() != Some("changed"));
+    let bad = s.upsert_category("two words", None, false).await.expect_err("bad name");
+    assert_eq!(bad.kind(), StoreErrorKind::Data);
+}
+
+async fn model_versions_have_one_active(db: &TestDb) {
+    let s = &db.store;
+    let v1 = s.record_model_version(NewModelVersion { trained_on: "corpus", metrics_json: "{\"accuracy\": 0.9}",
+                                                      path: None, weights: Some(&[1, 2, 3]) }, true).await.expect("v1");
+    let v2 = s.record_model_version(NewModelVersion { trained_on: "corpus + 10 labels", metrics_json: "{}",
+                                                      path: Some("models/v2"), weights: None }, true).await.expect("v2");
+    let active = |vs: Vec<rebound::store::ModelVersion>| vs.into_iter().filter(|v| v.active).map(|v| v.id).collect::<Vec<_>>();
+    assert_eq!(active(s.model_versions().await.expect("list")), [v2]);
+    s.activate_model_version(v1).await.expect("rollback");
+    let versions = s.model_versions().await.expect("list");
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].created_at.len(), "YYYY-MM-DD HH:MM:SS".len());
+    assert!(versions[0].has_weights && !versions[1].has_weights);
+    assert_eq!(active(versions), [v1]);
+    assert_eq!(s.model_weights(v1).await.expect("weights"), Some(vec![1, 2, 3]));
+    assert_eq!(s.model_weights(v2).await.expect("no weights"), None);
+    let err = s.activate_model_version(v2 + 100).await.expect_err("no such version");
+    assert_eq!(err.kind(), StoreErrorKind::Data);
+    assert_eq!(active(s.model_versions().await.expect("list")), [v1], "a failed activation changes nothing");
+    let err = s.record_model_version(NewModelVersion { trained_on: "x", metrics_json: "{}", path: None, weights: None }, false)
+        .await.expect_err("nowhere");
+    assert_eq!(err.kind(), StoreErrorKind::Data);
+}
+
 async fn concurrent_writers_of_the_same_message_agree(db: &TestDb) {
     let m = dsn("race", &[rcpt("race@example.com", "5.1.1", "userunknown", true, 0.9)]);
     let (s1, s2) = (db.store.clone(), db.store.clone());
@@ -429,6 +545,27 @@ async fn concurrent_writers_of_the_same_message_agree(db: &TestDb) {
     assert_eq!(o1.message_id(), o2.message_id());
     assert_eq!([o1, o2].iter().filter(|o| is_stored(o)).count(), 1, "{o1:?} {o2:?}");
     assert_eq!(scalar(&db.store, "SELECT COUNT(*) FROM bounces").await, 1);
+}
+
+async fn overlapping_batches_in_opposite_orders_do_not_deadlock(db: &TestDb) {
+    // Two writers store the same 600 messages in opposite orders at the same time: inserting in hash order
+    // means neither waits for a lock the other holds while holding one it needs. (Inserting in the given
+    // order, Postgres reports a deadlock here.)
+    for round in 0..2 {
+        let batch: Vec<NewMessage> = (0..600)
+            .map(|i| dsn(&format!("overlap-{round}-{i}"), &[rcpt("o@example.com", "5.1.1", "userunknown", true, 0.9)]))
+            .collect();
+        let mut reversed = batch.clone();
+        reversed.reverse();
+        let (s1, s2) = (db.store.clone(), db.store.clone());
+        let t1 = tokio::spawn(async move { s1.save_messages(&batch).await });
+        let t2 = tokio::spawn(async move { s2.save_messages(&reversed).await });
+        let o1 = t1.await.expect("join").expect("writer 1");
+        let o2 = t2.await.expect("join").expect("writer 2");
+        let stored = o1.iter().chain(&o2).filter(|o| is_stored(o)).count();
+        assert_eq!(stored, 600, "each message stored exactly once in round {round}");
+    }
+    assert_eq!(scalar(&db.store, "SELECT COUNT(*) FROM bounces").await, 1200);
 }
 
 /// Sample rows in every table, so each documented query has something to chew on.
@@ -447,7 +584,7 @@ async fn sample_data(db: &TestDb) {
                 'fail', 'not permitted', 'v=spf1 ip4:198.51.100.0/24 -all', '-all', 'prepend')").await;
     let check_id = scalar(s, "SELECT MAX(id) FROM spf_checks").await;
     let insert_report = "INSERT INTO outgoing_reports (check_id, kind, domain, report_address, message, status, attempts, last_error) \
-                         VALUES ($1, 'spf', 'example.org', 'postmaster@example.org', $2, 'failed', 1, '451 try later')";
+                         VALUES ($1, 'spf-failure', 'example.org', 'postmaster@example.org', $2, 'failed', 1, '451 try later')";
     with_pool!(s, pool => sqlx::query(insert_report).bind(check_id).bind(b"From: x\r\n\r\nreport".as_slice()).execute(pool).await.map(|_| ()))
         .expect("insert outbox entry");
     execute(s, "INSERT INTO report_attempts (report_id, outcome, smtp_code, detail, duration_ms) \
@@ -540,14 +677,20 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     migrations_are_idempotent,
+    a_database_from_a_newer_rebound_is_a_schema_error,
     stores_every_field_of_a_dsn,
     deduplicates_across_calls_and_within_a_batch,
     a_bad_message_does_not_fail_the_others,
+    a_large_batch_keeps_order_and_counts,
     nul_characters_are_stored,
     stores_feedback_reports_with_lists_and_fields,
     views_answer_the_common_questions,
     labels_refuse_unknown_reasons,
+    a_label_replaces_the_verdict_and_keeps_history,
+    categories_keep_builtins_and_accept_custom_ones,
+    model_versions_have_one_active,
     concurrent_writers_of_the_same_message_agree,
+    overlapping_batches_in_opposite_orders_do_not_deadlock,
     every_documented_query_runs,
     every_view_runs,
 );
@@ -563,6 +706,16 @@ async fn sqlite_missing_directory_is_a_config_error() {
     assert_eq!(err.kind(), StoreErrorKind::Config);
     assert!(!err.is_temporary());
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_file_that_is_not_a_database_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rebound.db");
+    std::fs::write(&path, b"this is a mailbox, not a database\n".repeat(200)).expect("write");
+    let err = Store::open(&format!("sqlite://{}", path.display())).await.expect_err("not a database");
+    assert_eq!(err.kind(), StoreErrorKind::Config, "{err}");
+    assert!(!err.is_temporary());
 }
 
 #[tokio::test]
@@ -637,6 +790,21 @@ async fn sqlite_commits_are_visible_to_a_new_process() {
     let mut other = sqlx::SqliteConnection::connect(&url).await.expect("other connection");
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut other).await.expect("count");
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_database_works() {
+    let store = Store::open("sqlite::memory:").await.expect("open in memory");
+    let out = store.save_messages(&[dsn("mem", &[rcpt("m@example.com", "5.1.1", "userunknown", true, 0.9)])])
+        .await.expect("save");
+    assert!(is_stored(&out[0]));
+    // Every pooled connection sees the same database.
+    let pool = store.sqlite_pool().expect("sqlite");
+    let (mut a, mut b) = (pool.acquire().await.expect("conn a"), pool.acquire().await.expect("conn b"));
+    for conn in [&mut a, &mut b] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bounces").fetch_one(&mut **conn).await.expect("count");
+        assert_eq!(n, 1);
+    }
 }
 
 #[tokio::test]

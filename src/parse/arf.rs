@@ -13,7 +13,11 @@ use super::text::contains_ci;
 /// it has a Feedback-Type field together with User-Agent or Version.
 pub(crate) fn looks_like_feedback(text: &str) -> bool {
     let head = text.trim_start();
-    let head = &head[..head.len().min(4096)];
+    let mut cut = head.len().min(4096);
+    while !head.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = &head[..cut];
     let first_is = head.len() >= 14 && head.as_bytes()[..14].eq_ignore_ascii_case(b"feedback-type:");
     first_is
         || (contains_ci(head, "\nfeedback-type:") || contains_ci(head, "\rfeedback-type:"))
@@ -27,7 +31,7 @@ pub(crate) fn parse_fields(text: &str, has_original: bool) -> Option<FeedbackRep
 }
 
 /// Builds the report from already split fields (e.g. the header block of a bare feedback part).
-pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<FeedbackReport> {
+pub(crate) fn report_from(fields: Vec<Field<'_>>, has_original: bool) -> Option<FeedbackReport> {
     let mut r = FeedbackReport { has_original, ..FeedbackReport::default() };
     let mut saw_type = false;
     for f in &fields {
@@ -53,11 +57,10 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
             "original-envelope-id" => r.original_envelope_id = one(),
             // Received-Date is the pre-RFC 5965 draft's name for Arrival-Date.
             "arrival-date" => r.arrival_date = one(),
-            "received-date" => {
-                if r.arrival_date.is_none() {
+            "received-date"
+                if r.arrival_date.is_none() => {
                     r.arrival_date = one();
                 }
-            }
             "reporting-mta" => r.reporting_mta = one(),
             "delivery-result" => r.delivery_result = one(),
             "identity-alignment" => r.identity_alignment = one(),
@@ -76,7 +79,7 @@ pub(crate) fn report_from(fields: Vec<Field>, has_original: bool) -> Option<Feed
     if !saw_type {
         return None;
     }
-    r.fields = fields.into_iter().map(|f| (f.name, f.value)).collect();
+    r.fields = fields.into_iter().map(|f| (f.name.to_string(), f.value.into_owned())).collect();
     Some(r)
 }
 
@@ -98,6 +101,13 @@ mod tests {
         assert_eq!(r.incidents, Some(3));
         assert_eq!(r.fields.len(), 9);
         assert_eq!(r.fields[0], ("Feedback-Type".to_string(), "auth-failure".to_string()));
+    }
+
+    #[test]
+    fn long_multibyte_text_is_not_cut_inside_a_character() {
+        let text = "é".repeat(3000);
+        assert!(!looks_like_feedback(&text));
+        assert!(looks_like_feedback("Feedback-Type: abuse\nUser-Agent: x\n"));
     }
 
     #[test]

@@ -60,3 +60,28 @@ pub(crate) fn is_autoreply(message: &Message<'_>) -> bool {
     let subject = message.subject().unwrap_or("").to_lowercase();
     SUBJECT_MARKERS.iter().any(|m| subject.contains(m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_subjects_are_told_from_auto_replies() {
+        assert!(bounce_subject("Undelivered Mail Returned to Sender"));
+        assert!(bounce_subject("DELIVERY FAILURE: User x not listed"));
+        assert!(!bounce_subject("Automatic reply: Nyaan"));
+        assert!(!bounce_subject("Out of Office: Project plan"));
+    }
+
+    #[test]
+    fn auto_reply_headers_and_subjects() {
+        fn parse(raw: &str) -> Message<'_> {
+            mail_parser::MessageParser::default().parse(raw.as_bytes()).expect("headers")
+        }
+        assert!(is_autoreply(&parse("From: a@b.example\nAuto-Submitted: auto-replied\n\nx")));
+        assert!(is_autoreply(&parse("From: a@b.example\nSubject: Automatic reply: hi\n\nx")));
+        assert!(!is_autoreply(&parse("From: a@b.example\nAuto-Submitted: no\nSubject: hi\n\nx")));
+        assert!(from_mail_system(&parse("From: Mail Delivery System <MAILER-DAEMON@mx.example>\n\nx")));
+        assert!(!from_mail_system(&parse("From: Colleague <c@example.org>\n\nx")));
+    }
+}

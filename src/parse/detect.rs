@@ -36,23 +36,41 @@ pub(crate) fn parser() -> &'static MessageParser {
 
 /// Whether the input looks like binary data rather than a mail message: many control bytes at its start.
 fn is_binary(raw: &[u8]) -> bool {
+    /// 1 for control bytes that do not occur in mail text (NUL, other C0 controls but TAB, LF, FF, CR, ESC
+    /// as used by ISO-2022-JP; DEL).
+    const CONTROL: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            t[b] = !matches!(b as u8, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b) as u8;
+            b += 1;
+        }
+        t[0x7f] = 1;
+        t
+    };
     let sample = &raw[..raw.len().min(2048)];
-    let controls = sample
-        .iter()
-        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b)) || b == 0x7f)
-        .count();
+    let controls: usize = sample.iter().map(|&b| usize::from(CONTROL[usize::from(b)])).sum();
     controls * 10 > sample.len()
 }
 
-/// CR-only files (old Mac line ends) become LF so the MIME parser sees lines; other input is used as is.
+/// Files written with bare CR line ends (old Mac) become LF so the MIME parser sees lines; a bare CR is one
+/// not followed by LF, and the conversion happens when they outnumber LFs. Other input is used as is.
 fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
-    if memchr::memchr(b'\n', raw).is_none() && memchr::memchr(b'\r', raw).is_some() {
-        Cow::Owned(raw.iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect())
-    } else {
-        Cow::Borrowed(raw)
+    let lf = memchr::memchr_iter(b'\n', raw).count();
+    let bare_cr = memchr::memchr_iter(b'\r', raw).filter(|&i| raw.get(i + 1) != Some(&b'\n')).count();
+    if bare_cr <= lf {
+        return Cow::Borrowed(raw);
     }
+    let mut out = raw.to_vec();
+    for i in 0..out.len() {
+        if out[i] == b'\r' && out.get(i + 1) != Some(&b'\n') {
+            out[i] = b'\n';
+        }
+    }
+    Cow::Owned(out)
 }
 
+/// The first paragraph of `text`, whitespace collapsed, at most `MAX_SUMMARY` bytes.
 fn summary(text: &str) -> Option<String> {
     let paragraph: Vec<&str> =
         super::text::lines(text).skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).collect();
@@ -85,9 +103,17 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     let Some(message) = parser().parse(data.as_ref()) else {
         return Parsed::unparsed("no message headers found");
     };
-    if message.headers().is_empty() {
-        return Parsed::unparsed("no message headers found");
-    }
+    let parsed = if message.headers().is_empty() {
+        Parsed::unparsed("no message headers found")
+    } else {
+        read(&message, &data, depth)
+    };
+    mime::dispose(message);
+    parsed
+}
+
+/// Reads a parsed message (see [`parse_at`]).
+fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     let mut parsed = Parsed {
         kind: Kind::Unparsed,
         message_id: message.message_id().map(str::to_string),
@@ -99,7 +125,7 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         feedback: None,
         parse_error: None,
     };
-    let mut walk = mime::walk(&message);
+    let mut walk = mime::walk(message);
     let joined: Cow<'_, str> = match walk.texts.as_slice() {
         [one] => Cow::Borrowed(one.as_ref()),
         many => Cow::Owned(many.iter().map(|t| t.as_ref()).collect::<Vec<&str>>().join("\n")),
@@ -115,9 +141,9 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     }
     parsed.original = walk.original.clone();
 
-    if let Some(report) = feedback_report(&message, &data, &walk) {
+    if let Some(report) = feedback_report(message, data, &walk) {
         parsed.kind = Kind::Arf;
-        parsed.recipients.push(arf_recipient(&report, &walk, &message));
+        parsed.recipients.push(arf_recipient(&report, &walk, message));
         parsed.feedback = Some(report);
         return parsed;
     }
@@ -141,11 +167,12 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         return parsed;
     }
 
-    let bounce_markers = autoreply::from_mail_system(&message)
+    let bounce_markers = autoreply::from_mail_system(message)
         || parsed.subject.as_deref().is_some_and(autoreply::bounce_subject)
         || walk.report_type.as_deref() == Some("delivery-status");
 
-    if !bounce_markers && autoreply::is_autoreply(&message) {
+    // A multipart/report is a machine report (an unknown kind if we got here), not a human's auto-reply.
+    if !bounce_markers && !walk.is_report && autoreply::is_autoreply(message) {
         parsed.kind = Kind::Autoreply;
         let responder = parsed.from.clone().or_else(|| message.return_address().map(str::to_string));
         if let Some(addr) = responder.as_deref().and_then(clean_address) {
@@ -164,7 +191,7 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
         }
     }
 
-    let ctx = context(&message, &walk);
+    let ctx = context(message, &walk);
     let mut recipients = freetext::recipients(&text, &ctx, !bounce_markers);
     if recipients.is_empty() && bounce_markers {
         // A bounce that names nobody in its text: the returned message's recipients are the failed ones.
@@ -172,6 +199,14 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
             let mut r = Recipient { recipient: to.clone(), ..Recipient::default() };
             freetext::fill_codes(&mut r, freetext::global_diagnostic(text.before()), &[], None, true);
             recipients.push(r);
+        }
+    }
+    // The reporting MTA of a free-text bounce: the host its mail system writes from (MAILER-DAEMON@host).
+    if autoreply::from_mail_system(message)
+        && let Some(host) = parsed.from.as_deref().and_then(|f| f.rsplit_once('@')).map(|(_, h)| h.to_ascii_lowercase())
+    {
+        for r in recipients.iter_mut().filter(|r| r.reporting_mta.is_none()) {
+            r.reporting_mta = Some(host.clone());
         }
     }
     let has_codes = recipients.iter().any(|r| r.status.is_some() || r.reply_code.is_some());
@@ -206,23 +241,21 @@ fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Optio
         let header_block = blocks(&text).into_iter().next()?;
         return arf::report_from(header_block, has_original);
     }
-    if walk.report_type.as_deref() == Some("feedback-report") || walk.texts.len() > 1 {
-        let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
-        return arf::parse_fields(text, has_original);
-    }
-    None
+    // A feedback block sent as text/plain (some reporters label the part wrongly, or forward it).
+    let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
+    arf::parse_fields(text, has_original)
 }
 
-/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's To, else
-/// the reported domain, else the report's own To.
+/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's first
+/// recipient (To, Cc, Received `for`), else the reported domain, else the report's own To.
 fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Recipient {
     let recipient = report
         .original_rcpt_to
         .iter()
         .find_map(|r| clean_address(r))
-        .or_else(|| walk.original.as_ref().and_then(|o| o.to.clone()))
+        .or_else(|| walk.original_recipients.iter().find(|a| a.contains('@')).cloned())
         .or_else(|| report.reported_domains.first().cloned())
-        .or_else(|| first_address(message.to()))
+        .or_else(|| first_address(message.to()).filter(|a| a.contains('@')))
         .unwrap_or_default();
     Recipient {
         recipient,

@@ -65,29 +65,45 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
     };
     let status_field = get(block, "Status").and_then(smtp::enhanced_status);
     let (reply_code, diag_status) = diagnostic.as_deref().map(smtp::codes).unwrap_or_default();
-    let status = pick_status(status_field, diag_status);
+    let action = get(block, "Action").map(|a| a.split_whitespace().next().unwrap_or(a).to_ascii_lowercase());
+    let status = pick_status(status_field, diag_status, action.as_deref());
     let smtp_command = diagnostic.as_deref().and_then(smtp::smtp_command).map(str::to_string);
     Some(Recipient {
         recipient,
         original_recipient: original_rcpt.filter(|_| final_rcpt.is_some()),
-        action: get(block, "Action").map(|a| a.split_whitespace().next().unwrap_or(a).to_ascii_lowercase()),
+        action,
         status,
         reply_code,
         diagnostic_type,
         diagnostic,
         smtp_command,
         remote_mta: typed_text(get(block, "Remote-MTA")),
-        reporting_mta: pm.reporting_mta.clone(),
-        arrival_date: pm.arrival_date.clone(),
+        // Per-message fields written without the blank line before the recipient's block.
+        reporting_mta: typed_text(get(block, "Reporting-MTA")).or_else(|| pm.reporting_mta.clone()),
+        arrival_date: get(block, "Arrival-Date").map(str::to_string).or_else(|| pm.arrival_date.clone()),
         last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
     })
 }
 
 /// The remote server's own enhanced status, quoted in the diagnostic, wins over the Status field: the
 /// field is often the reporting MTA's summary (`5.0.0`, `4.4.7` for an expired message, a guess such as
-/// `5.1.1` for every 550), while the diagnostic carries the reason the remote end gave.
-pub(crate) fn pick_status(field: Option<String>, diagnostic: Option<String>) -> Option<String> {
-    diagnostic.or(field)
+/// `5.1.1` for every 550), while the diagnostic carries the reason the remote end gave. When the two differ
+/// in class, the one that agrees with the Action (failed: 5, delayed: 4, delivered/relayed/expanded: 2)
+/// stands; without an Action to decide, the field does.
+pub(crate) fn pick_status(field: Option<String>, diagnostic: Option<String>, action: Option<&str>) -> Option<String> {
+    let class = |s: &String| s.as_bytes().first().copied();
+    match (field, diagnostic) {
+        (Some(f), Some(d)) if class(&f) != class(&d) => {
+            let expected = match action {
+                Some("failed") => Some(b'5'),
+                Some("delayed") => Some(b'4'),
+                Some("delivered" | "relayed" | "expanded") => Some(b'2'),
+                _ => None,
+            };
+            if expected.is_some() && class(&d) == expected { Some(d) } else { Some(f) }
+        }
+        (f, d) => d.or(f),
+    }
 }
 
 #[cfg(test)]
@@ -124,8 +140,15 @@ mod tests {
 
     #[test]
     fn the_remote_status_in_the_diagnostic_wins() {
-        assert_eq!(pick_status(Some("4.4.7".into()), Some("4.2.2".into())).as_deref(), Some("4.2.2"));
-        assert_eq!(pick_status(Some("5.0.0".into()), None).as_deref(), Some("5.0.0"));
-        assert_eq!(pick_status(None, Some("4.4.1".into())).as_deref(), Some("4.4.1"));
+        assert_eq!(pick_status(Some("4.4.7".into()), Some("4.2.2".into()), Some("failed")).as_deref(), Some("4.2.2"));
+        assert_eq!(pick_status(Some("5.0.0".into()), None, Some("failed")).as_deref(), Some("5.0.0"));
+        assert_eq!(pick_status(None, Some("4.4.1".into()), None).as_deref(), Some("4.4.1"));
+    }
+
+    #[test]
+    fn across_classes_the_status_agreeing_with_the_action_stands() {
+        assert_eq!(pick_status(Some("4.5.0".into()), Some("5.5.0".into()), Some("failed")).as_deref(), Some("5.5.0"));
+        assert_eq!(pick_status(Some("4.4.1".into()), Some("5.1.1".into()), Some("delayed")).as_deref(), Some("4.4.1"));
+        assert_eq!(pick_status(Some("4.4.1".into()), Some("5.1.1".into()), None).as_deref(), Some("4.4.1"));
     }
 }

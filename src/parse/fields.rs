@@ -2,19 +2,22 @@
 //! `message/feedback-report` (RFC 5965 §3.1): `Name: value` lines, folded continuation lines, groups
 //! separated by blank lines. Tolerant: lines that are not fields are skipped, any line ending is accepted.
 
-use super::text::{collapse_ws, lines};
+use std::borrow::Cow;
 
-/// One field: the name as written and the unfolded value with whitespace collapsed.
+use super::text::{collapse_ws, lines, needs_collapse};
+
+/// One field: the name as written and the unfolded value with whitespace collapsed (borrowed from the
+/// input when it needed no change).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Field {
+pub(crate) struct Field<'a> {
     /// Field name as written (compare with `eq_ignore_ascii_case`).
-    pub name: String,
+    pub name: &'a str,
     /// Unfolded value, whitespace runs collapsed to one space.
-    pub value: String,
+    pub value: Cow<'a, str>,
 }
 
 /// A group of fields (one per-message or per-recipient block of a DSN).
-pub(crate) type Block = Vec<Field>;
+pub(crate) type Block<'a> = Vec<Field<'a>>;
 
 /// Whether `line` starts with a field name followed by a colon (RFC 5322 §3.6.8 ftext, no spaces).
 fn field_name(line: &str) -> Option<(&str, &str)> {
@@ -26,45 +29,52 @@ fn field_name(line: &str) -> Option<(&str, &str)> {
     Some((name, &line[colon + 1..]))
 }
 
+/// A field being read: its name, the value on its first line, and the continuation lines seen so far.
+struct Pending<'a> {
+    name: &'a str,
+    first: &'a str,
+    folded: Option<String>,
+}
+
+impl<'a> Pending<'a> {
+    fn finish(self) -> Field<'a> {
+        let value = match self.folded {
+            Some(all) => Cow::Owned(collapse_ws(&all)),
+            None if !needs_collapse(self.first.trim()) => Cow::Borrowed(self.first.trim()),
+            None => Cow::Owned(collapse_ws(self.first)),
+        };
+        Field { name: self.name, value }
+    }
+}
+
 /// Splits `text` into blocks of fields. Blank lines end a block; continuation lines (starting with space or
 /// tab) extend the previous field's value.
-pub(crate) fn blocks(text: &str) -> Vec<Block> {
-    let mut out: Vec<Block> = Vec::new();
-    let mut current: Block = Vec::new();
-    let mut raw_value = String::new();
-    let mut open = false;
-    let flush_field = |current: &mut Block, raw_value: &mut String, open: &mut bool| {
-        if *open
-            && let Some(last) = current.last_mut()
-        {
-            last.value = collapse_ws(raw_value);
-        }
-        raw_value.clear();
-        *open = false;
-    };
+pub(crate) fn blocks(text: &str) -> Vec<Block<'_>> {
+    let mut out: Vec<Block<'_>> = Vec::new();
+    let mut current: Block<'_> = Vec::new();
+    let mut pending: Option<Pending<'_>> = None;
     for line in lines(text) {
         if line.trim().is_empty() {
-            flush_field(&mut current, &mut raw_value, &mut open);
+            current.extend(pending.take().map(Pending::finish));
             if !current.is_empty() {
                 out.push(std::mem::take(&mut current));
             }
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            if open {
-                raw_value.push(' ');
-                raw_value.push_str(line);
+            if let Some(p) = pending.as_mut() {
+                let folded = p.folded.get_or_insert_with(|| p.first.to_string());
+                folded.push(' ');
+                folded.push_str(line);
             }
             continue;
         }
-        flush_field(&mut current, &mut raw_value, &mut open);
-        if let Some((name, value)) = field_name(line) {
-            current.push(Field { name: name.to_string(), value: String::new() });
-            raw_value.push_str(value);
-            open = true;
+        current.extend(pending.take().map(Pending::finish));
+        if let Some((name, first)) = field_name(line) {
+            pending = Some(Pending { name, first, folded: None });
         }
     }
-    flush_field(&mut current, &mut raw_value, &mut open);
+    current.extend(pending.take().map(Pending::finish));
     if !current.is_empty() {
         out.push(current);
     }
@@ -72,8 +82,8 @@ pub(crate) fn blocks(text: &str) -> Vec<Block> {
 }
 
 /// The first value of field `name` in `block`, if present and non-empty.
-pub(crate) fn get<'a>(block: &'a [Field], name: &str) -> Option<&'a str> {
-    block.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.value.as_str()).filter(|v| !v.is_empty())
+pub(crate) fn get<'a>(block: &'a [Field<'_>], name: &str) -> Option<&'a str> {
+    block.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.value.as_ref()).filter(|v| !v.is_empty())
 }
 
 /// Splits a typed value `type; text` (RFC 3464 address-type / diagnostic-type / mta-name-type) into its

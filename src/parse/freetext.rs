@@ -16,6 +16,9 @@ use super::text::{collapse_ws, find_addresses, find_ci, lines};
 
 /// Most recipients kept from one free-text bounce.
 const MAX_RECIPIENTS: usize = 100;
+/// Most address mentions weighed in one bounce text (the scoring is quadratic in the distinct addresses; a
+/// bounce names a handful, a text naming thousands is not a bounce to read address by address).
+const MAX_MENTIONS: usize = 1000;
 /// Most lines of one recipient's diagnostic block.
 const MAX_BLOCK_LINES: usize = 8;
 /// Longest diagnostic kept, in bytes.
@@ -70,24 +73,31 @@ fn header_name(line: &str) -> Option<&str> {
 }
 
 fn is_known_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    HEADER_NAMES.contains(&lower.as_str()) || lower.starts_with("x-")
+    HEADER_NAMES.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+}
+
+fn is_strong_header(name: &str) -> bool {
+    STRONG_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Index of the first line of the returned message's header block, if the text carries a copy:
-/// three or more header lines in a row at column 0, at least one of them only a header block would have.
+/// three or more header lines in a row, at least one of them only a header block would have. The copy may
+/// be indented as a whole ("   Return-Path: …" with deeper-indented continuation lines).
 fn returned_copy_start(lines: &[&str]) -> Option<usize> {
     let mut i = 0;
     while i < lines.len() {
-        let Some(name) = header_name(lines[i]).filter(|n| is_known_header(n)) else {
+        let indent_len = lines[i].len() - lines[i].trim_start_matches(' ').len();
+        let indent = &lines[i][..indent_len.min(8)];
+        let Some(name) = header_name(&lines[i][indent.len()..]).filter(|n| is_known_header(n)) else {
             i += 1;
             continue;
         };
         let mut count = 0;
-        let mut strong = STRONG_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+        let mut strong = is_strong_header(name);
         let mut j = i;
         while j < lines.len() && j < i + 40 {
-            let l = lines[j];
+            let Some(l) = lines[j].strip_prefix(indent) else { break };
             if l.starts_with([' ', '\t']) && j > i {
                 j += 1;
                 continue;
@@ -95,7 +105,7 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
             match header_name(l).filter(|n| is_known_header(n)) {
                 Some(n) => {
                     count += 1;
-                    strong |= STRONG_HEADERS.contains(&n.to_ascii_lowercase().as_str());
+                    strong |= is_strong_header(n);
                 }
                 None => break,
             }
@@ -116,6 +126,16 @@ struct Mention {
     addr: String,
     key: String,
     score: i32,
+    /// The line's shape around the address: the text before it and the first word after it.
+    shape: (String, String),
+}
+
+/// The shape of a mention: what precedes the address on its line (trimmed) and the first word after it.
+/// Lists of failed recipients repeat one shape ("<a@b>: host …", "a@b on Thu, …", "554 <a@b>... …").
+fn shape(line: &str, start: usize, end: usize) -> (String, String) {
+    let before = line[..start].trim().to_string();
+    let after = line[end..].split_whitespace().next().unwrap_or("").to_string();
+    (before, after)
 }
 
 fn has_code(line: &str) -> bool {
@@ -148,25 +168,50 @@ fn score_mention(lines: &[&str], idx: usize, start: usize, end: usize) -> i32 {
     score
 }
 
-/// The lines of the diagnostic block that starts at a mention: the mention line and its continuation, up
-/// to a blank line, another recipient's mention or `MAX_BLOCK_LINES`.
-fn block_end(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> usize {
+/// Whether a line is only decoration (`-----`, `=====`, `*****` rules and banners without words).
+fn is_separator(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty()
+        && (t.starts_with("---") || t.starts_with("===") || t.starts_with("***") || t.starts_with("___"))
+        && (t.ends_with("---") || t.ends_with("===") || t.ends_with("***") || t.ends_with("___") || t.len() < 4)
+}
+
+/// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, or
+/// what follows ends with a colon ("because:"), the next paragraph (after blank or rule lines) belongs to
+/// it; when nothing follows at all, the lines just before it in its paragraph are its explanation
+/// ("Reason…\naddress"). Returns the block's text and the index just past it.
+fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
+    let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
-    while end < lines.len() && end < start + MAX_BLOCK_LINES {
-        if lines[end].trim().is_empty() {
-            // A lone address line followed by a blank: its explanation may come after the blank line.
-            if end == start + 1 && lines.get(end + 1).is_some_and(|l| l.starts_with([' ', '\t']) && !l.trim().is_empty()) {
-                end += 1;
-                continue;
+    let mut gap = 0;
+    while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
+        let line = lines[end];
+        if line.trim().is_empty() || is_separator(line) {
+            let open = kept.len() == 1 || kept.last().is_some_and(|l| l.trim_end().ends_with(':'));
+            if !open || gap >= 3 {
+                break;
             }
-            break;
-        }
-        if other_mention_lines.contains(&end) {
-            break;
+            gap += 1;
+        } else {
+            gap = 0;
+            kept.push(line);
         }
         end += 1;
     }
-    end
+    if kept.len() == 1 {
+        let mut first = start;
+        while first > 0
+            && start - first < 3
+            && !lines[first - 1].trim().is_empty()
+            && !is_separator(lines[first - 1])
+            && !other_mention_lines.contains(&(first - 1))
+        {
+            first -= 1;
+        }
+        kept.splice(0..0, lines[first..start].iter().copied());
+    }
+    (truncate(collapse_ws(&kept.join(" "))), end)
 }
 
 fn truncate(mut s: String) -> String {
@@ -186,7 +231,7 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     let mut paragraphs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (i, l) in lines.iter().enumerate() {
-        match (l.trim().is_empty(), start) {
+        match (l.trim().is_empty() || is_separator(l), start) {
             (false, None) => start = Some(i),
             (true, Some(s)) => {
                 paragraphs.push((s, i));
@@ -244,6 +289,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
     let lines = text.before();
     let mut mentions: Vec<Mention> = Vec::new();
     for (idx, line) in lines.iter().enumerate() {
+        if mentions.len() >= MAX_MENTIONS {
+            break;
+        }
         let trimmed = line.trim_start().trim_start_matches('>').trim_start();
         let lower_head = trimmed.get(..trimmed.len().min(24)).unwrap_or(trimmed).to_ascii_lowercase();
         if SENDER_LINE_PREFIXES.iter().any(|p| lower_head.starts_with(p)) {
@@ -255,7 +303,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if matches!(local, "mailer-daemon" | "mailer_daemon") {
                 continue;
             }
-            let mut score = score_mention(&lines, idx, m.start, m.end);
+            let mut score = score_mention(lines, idx, m.start, m.end);
             if ctx.sender_side.contains(&key) {
                 score -= 4;
             }
@@ -265,7 +313,8 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if local == "postmaster" {
                 score -= 1;
             }
-            mentions.push(Mention { line: idx, addr: m.addr, key, score });
+            let shape = shape(line, m.start, m.end);
+            mentions.push(Mention { line: idx, addr: m.addr, key, score, shape });
         }
     }
     // Best score per address, in order of first mention.
@@ -284,9 +333,22 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             chosen.push((best.0.clone(), best.1.clone()));
         }
     }
+    // Addresses written the way a chosen recipient is written belong to the same list of failures.
+    let chosen_shapes: HashSet<&(String, String)> =
+        mentions.iter().filter(|m| chosen.iter().any(|(k, _)| *k == m.key)).map(|m| &m.shape).collect();
+    for (key, addr, score) in &order {
+        if *score >= 0
+            && !chosen.iter().any(|(k, _)| k == key)
+            && mentions.iter().any(|m| &m.key == key && chosen_shapes.contains(&m.shape))
+        {
+            chosen.push((key.clone(), addr.clone()));
+        }
+    }
+    let first_mention = |key: &str| mentions.iter().position(|m| m.key == key).unwrap_or(usize::MAX);
+    chosen.sort_by_key(|(k, _)| first_mention(k));
     chosen.truncate(MAX_RECIPIENTS);
     let chosen_keys: HashSet<&str> = chosen.iter().map(|(k, _)| k.as_str()).collect();
-    let global = global_diagnostic(&lines);
+    let global = global_diagnostic(lines);
 
     let mut out = Vec::with_capacity(chosen.len());
     for (key, addr) in &chosen {
@@ -303,9 +365,9 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             if l < last_end {
                 continue;
             }
-            let end = block_end(&lines, l, &other_lines);
+            let (text, end) = block(lines, l, &other_lines);
             last_end = end;
-            blocks.push(collapse_ws(&lines[l..end].join(" ")));
+            blocks.push(text);
         }
         let best = blocks.iter().find(|b| has_code(b)).or_else(|| blocks.first()).cloned();
         let diagnostic = match best {
@@ -314,9 +376,29 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
         };
         let mut r = Recipient { recipient: addr.clone(), ..Recipient::default() };
         fill_codes(&mut r, diagnostic, &blocks, global.as_deref(), true);
+        r.remote_mta = r.diagnostic.as_deref().and_then(remote_host).or_else(|| blocks.iter().find_map(|b| remote_host(b)));
         out.push(r);
     }
     out
+}
+
+/// The remote host a diagnostic names ("host mx.example.org[192.0.2.1] said", "while talking to
+/// mx.example.org.:", "Connected to 192.0.2.1 but", "host mx.example.org [192.0.2.1]: 550"): the first
+/// host name (with a dot) or IPv4 address after one of those words.
+pub(crate) fn remote_host(text: &str) -> Option<String> {
+    const LEAD: &[&str] = &["host ", "talking to ", "connected to ", "connect to ", "remote server ", "mail server "];
+    LEAD.iter()
+        .filter_map(|lead| find_ci(text, lead).map(|pos| pos + lead.len()))
+        .min()
+        .and_then(|at| {
+            let token = text[at..].split(|c: char| c.is_whitespace() || matches!(c, '[' | '(' | ',' | ';' | '>' | '<')).next()?;
+            let host = token.trim_end_matches(['.', ':', ']', ')']).trim_start_matches(['[', '(']);
+            let ok = host.contains('.')
+                && host.len() > 3
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && host.bytes().any(|b| b.is_ascii_alphabetic() || b == b'.');
+            ok.then(|| host.to_ascii_lowercase())
+        })
 }
 
 /// Sets diagnostic, status, reply code and SMTP command from the chosen diagnostic, falling back to the
@@ -329,24 +411,25 @@ pub(crate) fn fill_codes(
     global: Option<&str>,
     text_wins: bool,
 ) {
-    let sources = diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
+    let sources = || diagnostic.iter().map(String::as_str).chain(blocks.iter().map(String::as_str)).chain(global);
     let mut status = None;
     let mut reply = None;
-    let mut command = None;
-    for s in sources {
-        if status.is_none() || reply.is_none() {
-            let (rc, st) = smtp::codes(s);
-            if status.is_none() && st.is_some() {
-                status = st;
-                // A reply code goes with the status it was read with.
-                reply = reply.or(rc);
-            }
-            reply = reply.or(rc);
+    for s in sources() {
+        let (rc, st) = smtp::codes(s);
+        if status.is_none() && st.is_some() {
+            status = st;
         }
-        command = command.or_else(|| smtp::smtp_command(s));
+        // The first reply found goes with the first status (both come from the same reply when present).
+        reply = reply.or(rc);
+        if status.is_some() && reply.is_some() {
+            break;
+        }
     }
+    // The command is read around the reply the recipient's codes come from.
+    let anchor = if text_wins { reply.or(r.reply_code) } else { r.reply_code.or(reply) };
+    let command = sources().find_map(|s| smtp::smtp_command_for(s, anchor));
     if text_wins {
-        r.status = status.or(r.status.take());
+        r.status = super::dsn::pick_status(r.status.take(), status, r.action.as_deref());
         r.reply_code = reply.or(r.reply_code);
     } else {
         r.status = r.status.take().or(status);
@@ -376,9 +459,9 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         if idx < last_end || find_ci(line, &key).is_none() {
             continue;
         }
-        let end = block_end(&lines, idx, &other_lines);
+        let (text, end) = block(lines, idx, &other_lines);
         last_end = end;
-        out.push(collapse_ws(&lines[idx..end].join(" ")));
+        out.push(text);
     }
     out
 }
@@ -423,10 +506,34 @@ mod tests {
     }
 
     #[test]
+    fn remote_hosts_named_in_diagnostics() {
+        assert_eq!(remote_host("<a@b.example>: host mx.example.org[192.0.2.1] said: 550").as_deref(), Some("mx.example.org"));
+        assert_eq!(remote_host("... while talking to MX.Example.ORG.:\n>>> RCPT").as_deref(), Some("mx.example.org"));
+        assert_eq!(remote_host("Connected to 192.0.2.225 but sender was rejected.").as_deref(), Some("192.0.2.225"));
+        assert_eq!(remote_host("550 5.1.1 user unknown"), None);
+        assert_eq!(remote_host("host said: 550"), None);
+    }
+
+    #[test]
+    fn recipients_listed_alike_are_all_taken() {
+        let text = "did not reach the following recipient(s):\n\na@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\nb@example.org on Thu, 29 Apr 2007 16:51:51 -0500\n\
+            \x20   The recipient name is not recognized\n";
+        let mut c = ctx(&[]);
+        c.hints.insert("a@example.org".to_string());
+        let r = recipients(&BounceText::new(text), &c, false);
+        assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.org"]);
+        assert!(r[1].diagnostic.as_deref().is_some_and(|d| d.contains("not recognized")));
+    }
+
+    #[test]
     fn copy_of_the_message_is_not_scanned() {
         let lines = vec!["intro", "Return-Path: <a@b.example>", "Received: by x", "Subject: hi", "", "body"];
         assert_eq!(returned_copy_start(&lines), Some(1));
         let prose = vec!["To: someone", "Subject: hello", "Date: today"];
         assert_eq!(returned_copy_start(&prose), None);
+        let indented = vec!["Original mail as follows:", "", "   Return-Path: <a@b.example>", "   Received: by x",
+            "   \tfor <c@d.example>; Thu, 29 Apr 2017", "   Subject: hi"];
+        assert_eq!(returned_copy_start(&indented), Some(2));
     }
 }

@@ -17,6 +17,8 @@ const MAX_TEXT: usize = 256 * 1024;
 /// What the report's MIME structure holds, sorted by role.
 #[derive(Debug, Default)]
 pub(crate) struct Walk<'a> {
+    /// Whether the message is a multipart/report (RFC 6522), whatever its report-type.
+    pub is_report: bool,
     /// `report-type` parameter of a top-level multipart/report, lowercase.
     pub report_type: Option<String>,
     /// Bodies of message/delivery-status (and message/global-delivery-status) parts.
@@ -34,6 +36,20 @@ pub(crate) struct Walk<'a> {
     pub original_recipients: Vec<String>,
     /// Sender addresses of the returned message (From, Sender, Return-Path), lowercased.
     pub original_senders: Vec<String>,
+}
+
+/// Drops a parsed message without recursion. A message nested in a message is a `PartType::Message` inside a
+/// part, and the default drop recurses once per level: tens of thousands of nested message/rfc822 parts (a
+/// few megabytes of input) would overflow the stack, which aborts the process instead of panicking.
+pub(crate) fn dispose(message: Message<'_>) {
+    let mut pending = vec![message];
+    while let Some(mut m) = pending.pop() {
+        for part in &mut m.parts {
+            if let PartType::Message(inner) = std::mem::take(&mut part.body) {
+                pending.push(inner);
+            }
+        }
+    }
 }
 
 /// The first address of an address header, if any.
@@ -170,6 +186,7 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
         && ct.ctype().eq_ignore_ascii_case("multipart")
         && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
     {
+        walk.is_report = true;
         walk.report_type = ct.attribute("report-type").map(|r| r.trim().to_ascii_lowercase());
     }
     let mut html: Vec<&'a str> = Vec::new();
@@ -180,21 +197,19 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
             (_, _, PartType::Multipart(_)) => {}
             ("message", "delivery-status" | "global-delivery-status", _)
             | ("text", "delivery-status", _) => walk.delivery_status.push(body_text(part)),
-            ("message", "feedback-report", _) | ("text", "feedback-report", _) => {
-                if walk.feedback.is_none() {
+            ("message", "feedback-report", _) | ("text", "feedback-report", _)
+                if walk.feedback.is_none() => {
                     walk.feedback = Some(body_text(part));
                 }
-            }
-            (_, _, PartType::Message(m)) => {
-                if walk.original_raw.is_none() {
+            (_, _, PartType::Message(m))
+                if walk.original_raw.is_none() => {
                     if let Some(o) = read_original(m) {
                         walk.set_original(o);
                     }
                     walk.original_raw = part_bytes(message, part).or(Some(&[]));
                 }
-            }
-            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _) => {
-                if walk.original_raw.is_none() {
+            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _)
+                if walk.original_raw.is_none() => {
                     let bytes = match &part.body {
                         PartType::Text(t) | PartType::Html(t) => t.as_bytes(),
                         PartType::Binary(b) | PartType::InlineBinary(b) => b.as_ref(),
@@ -203,7 +218,6 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
                     original_from_header_text(bytes, &mut walk);
                     walk.original_raw = Some(bytes);
                 }
-            }
             (_, _, PartType::Text(t)) if text_len < MAX_TEXT => {
                 text_len += t.len();
                 walk.texts.push(cap(Cow::Borrowed(t.as_ref())));

@@ -1,5 +1,13 @@
 //! Raw message → [`Parsed`]: RFC 3464 DSNs, free-text bounces, ARF feedback reports (RFC 5965 / RFC 6591),
 //! RFC 3834 auto-replies, and everything else as `unparsed`. Pure: no I/O, never panics on any input.
+//!
+//! How a message is read (`detect`): mail-parser splits the MIME structure once (`mime`); then, in order,
+//! a feedback-report part or bare ARF block (`arf`), a delivery-status part (`dsn`, completed from the
+//! human-readable part), an Amazon SES JSON notification (`ses`), an auto-reply (`autoreply`), RFC 3464
+//! fields pasted into text, and finally the free text (`freetext`), where recipients and diagnostics are
+//! found by where addresses stand relative to SMTP replies (`smtp`), not by per-MTA patterns. A report
+//! forwarded as an attachment is read from the attachment. CR-only input is turned into LF first; CRLF and
+//! LF are read as they are.
 
 use serde::Serialize;
 

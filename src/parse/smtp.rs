@@ -12,7 +12,7 @@ fn boundary_before(b: &[u8], i: usize, strict: bool) -> bool {
 }
 
 /// Positions where a code can start (its class digit 2, 4 or 5), found with memchr.
-fn code_starts(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+fn code_starts(b: &[u8]) -> impl DoubleEndedIterator<Item = usize> + '_ {
     memchr::memchr3_iter(b'2', b'4', b'5', b)
 }
 
@@ -54,12 +54,15 @@ pub(crate) fn enhanced_status(text: &str) -> Option<String> {
 
 /// The reply code starting at byte `i`, if one stands there as its own token.
 fn reply_at(b: &[u8], i: usize) -> Option<u16> {
-    if i + 2 >= b.len()
-        || !matches!(b[i], b'2' | b'4' | b'5')
-        || !(b'0'..=b'5').contains(&b[i + 1])
-        || !b[i + 2].is_ascii_digit()
-        || !boundary_before(b, i, true)
-    {
+    if i + 2 >= b.len() || !b[i + 2].is_ascii_digit() || !boundary_before(b, i, true) {
+        return None;
+    }
+    // RFC 5321 §4.2: 2yz replies in use are 211, 214, 220, 221, 250–252; failures are 4yz and 5yz, y in 0..=5.
+    let plausible = matches!(
+        (b[i], b[i + 1], b[i + 2]),
+        (b'2', b'1', b'1' | b'4') | (b'2', b'2', b'0' | b'1') | (b'2', b'5', b'0'..=b'2') | (b'4' | b'5', b'0'..=b'5', _)
+    );
+    if !plausible {
         return None;
     }
     let ok = match b.get(i + 3) {
@@ -89,8 +92,14 @@ pub(crate) fn reply_code(text: &str) -> Option<u16> {
 /// last failure reply (4yz/5yz) carrying an enhanced status; without one, the first status and the first
 /// reply code found are used.
 pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
+    let (reply, status, _) = failure_reply(text);
+    (reply, status)
+}
+
+/// [`codes`] plus the byte position of the reply that explains the failure, when there is one.
+fn failure_reply(text: &str) -> (Option<u16>, Option<String>, Option<usize>) {
     let b = text.as_bytes();
-    let mut best: Option<(u16, String)> = None;
+    let mut best: Option<(u16, String, usize)> = None;
     for pos in code_starts(b) {
         let Some(code) = reply_at(b, pos).filter(|c| *c >= 400) else { continue };
         // The enhanced status follows the reply code after separators: "550 5.1.1", "550-'5.2.2", "550 #5.7.1".
@@ -99,15 +108,19 @@ pub(crate) fn codes(text: &str) -> (Option<u16>, Option<String>) {
             j += 1;
         }
         if let Some(status) = status_at(b, j) {
-            best = Some((code, status));
+            best = Some((code, status, pos));
         }
     }
     match best {
-        Some((code, status)) => (Some(code), Some(status)),
+        Some((code, status, pos)) => (Some(code), Some(status), Some(pos)),
         None => {
             // "554 <a@b>... 550 Host unknown": the remote reply quoted last explains the failure.
-            let last_failure = memchr::memchr3_iter(b'2', b'4', b'5', b).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400));
-            (last_failure.or_else(|| reply_code(text)), enhanced_status(text))
+            let last_failure =
+                code_starts(b).rev().find_map(|i| reply_at(b, i).filter(|c| *c >= 400).map(|c| (c, i)));
+            match last_failure {
+                Some((code, pos)) => (Some(code), enhanced_status(text), Some(pos)),
+                None => (reply_code(text), enhanced_status(text), None),
+            }
         }
     }
 }
@@ -120,7 +133,9 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
     ("data command", "DATA"),
     ("message body", "DATA"),
     ("after end of", "DATA"),
+    ("final data", "DATA"),
     (">>> data", "DATA"),
+    ("in: data", "DATA"),
     ("rcpt to", "RCPT"),
     ("rcpt command", "RCPT"),
     (">>> rcpt", "RCPT"),
@@ -140,7 +155,11 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
 
 fn command_regex() -> &'static Regex {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        let alternation: Vec<String> = COMMAND_PHRASES.iter().map(|(p, _)| regex::escape(p)).collect();
+        // Phrases starting with a word start at a word boundary ("email from" is not "mail from").
+        let alternation: Vec<String> = COMMAND_PHRASES
+            .iter()
+            .map(|(p, _)| if p.starts_with('>') { regex::escape(p) } else { format!(r"(?-u:\b){}", regex::escape(p)) })
+            .collect();
         // The pattern is built from the constant list above; it always compiles.
         Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
     });
@@ -148,10 +167,32 @@ fn command_regex() -> &'static Regex {
 }
 
 /// Which SMTP command the diagnostic answers, from the wording MTAs use ("in reply to RCPT TO command",
-/// "after end of data", "while talking to", "SMTP error from remote mail server after MAIL FROM", ...).
-/// Returns `CONN`, `HELO`, `MAIL`, `RCPT` or `DATA`.
+/// "after end of data", "SMTP error from remote mail server after MAIL FROM", a `>>> RCPT To:` transcript
+/// line, ...). The command named last before the failure reply is the one it answered ("after RCPT TO:<a>:
+/// 550 …", a transcript); without one before it, the first named after it ("550 … (in reply to RCPT TO
+/// command)"). Returns `CONN`, `HELO`, `MAIL`, `RCPT` or `DATA`.
 pub(crate) fn smtp_command(text: &str) -> Option<&'static str> {
-    let found = command_regex().find(text)?.as_str().to_ascii_lowercase();
+    smtp_command_for(text, None)
+}
+
+/// [`smtp_command`] for the reply `code` when it is known (e.g. from a DSN's Diagnostic-Code): the command
+/// is read around the first occurrence of that reply in `text` rather than around its last failure reply.
+pub(crate) fn smtp_command_for(text: &str, code: Option<u16>) -> Option<&'static str> {
+    let b = text.as_bytes();
+    let anchored = code.and_then(|c| code_starts(b).find(|&i| reply_at(b, i) == Some(c)));
+    let reply_pos = anchored.or_else(|| failure_reply(text).2);
+    let mut before = None;
+    let mut after = None;
+    for m in command_regex().find_iter(text) {
+        match reply_pos {
+            Some(p) if m.start() < p => before = Some(m),
+            _ => {
+                after = Some(m);
+                break;
+            }
+        }
+    }
+    let found = before.or(after)?.as_str().to_ascii_lowercase();
     COMMAND_PHRASES.iter().find(|(p, _)| *p == found).map(|(_, cmd)| *cmd)
 }
 
@@ -176,6 +217,8 @@ mod tests {
         assert_eq!(reply_code("#550 5.1.1 RESOLVER"), Some(550));
         assert_eq!(reply_code("no code 5.1.1 here"), None);
         assert_eq!(reply_code("phone 555-1234"), None);
+        assert_eq!(reply_code("cipher AES256 (256/256 bits)"), None);
+        assert_eq!(reply_code("250 2.0.0 ok"), Some(250));
     }
 
     #[test]
@@ -206,5 +249,13 @@ mod tests {
         assert_eq!(smtp_command("SMTP error from remote mail server after end of data: 554"), Some("DATA"));
         assert_eq!(smtp_command("SMTP error from remote mail server after MAIL FROM:<a@b.example>"), Some("MAIL"));
         assert_eq!(smtp_command("550 user unknown"), None);
+        assert_eq!(smtp_command("did not like our final DATA: 550 email from x rejected"), Some("DATA"));
+        assert_eq!(smtp_command("550 email from example.jp not accepted"), None);
+        let transcript = ">>> MAIL From:<a@b.example>\n<<< 250 ok\n>>> RCPT To:<c@d.example>\n<<< 550 5.1.1 unknown";
+        assert_eq!(smtp_command(transcript), Some("RCPT"));
+        let postfix = "In: RCPT TO:<a@b.example> Out: 250 2.1.5 Ok In: DATA Out: 354 go Out: 451 4.3.0 Error";
+        assert_eq!(smtp_command(postfix), Some("DATA"));
+        let rejected_then_data = ">>> RCPT To:<a@b.example>\n<<< 550 5.1.1 invalid\n>>> DATA\n<<< 503 5.5.0 need RCPT";
+        assert_eq!(smtp_command_for(rejected_then_data, Some(550)), Some("RCPT"));
     }
 }

@@ -56,8 +56,20 @@ pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// Whether `trimmed` (already trimmed) has whitespace other than single ASCII spaces.
+pub(crate) fn needs_collapse(trimmed: &str) -> bool {
+    let b = trimmed.as_bytes();
+    !trimmed.is_ascii()
+        || b.iter().any(|&c| c != b' ' && c.is_ascii_whitespace())
+        || memchr::memmem::find(b, b"  ").is_some()
+}
+
 /// Collapses every run of whitespace to one space and trims both ends.
 pub(crate) fn collapse_ws(text: &str) -> String {
+    let trimmed = text.trim();
+    if !needs_collapse(trimmed) {
+        return trimmed.to_string();
+    }
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         if !out.is_empty() {
@@ -167,36 +179,54 @@ pub(crate) fn clean_address(value: &str) -> Option<String> {
     })
 }
 
-/// Strips HTML tags and decodes the few entities that matter for reading a bounce written in HTML.
+/// Strips HTML tags and decodes the few entities that matter for reading a bounce written in HTML. Block
+/// elements (`br`, `p`, `div`, `tr`, `li`, headings) become line breaks.
 pub(crate) fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len() / 2);
-    let mut in_tag = false;
-    let mut tag = String::new();
-    for c in html.chars() {
-        if in_tag {
-            if c == '>' {
-                in_tag = false;
-                let name = tag.trim_start_matches('/').split_whitespace().next().unwrap_or("");
-                if matches!(name.to_ascii_lowercase().as_str(), "br" | "p" | "div" | "tr" | "li" | "table" | "h1" | "h2" | "h3")
-                {
-                    out.push('\n');
-                }
-                tag.clear();
-            } else if tag.len() < 32 {
-                tag.push(c);
-            }
-        } else if c == '<' {
-            in_tag = true;
-        } else {
-            out.push(c);
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        push_text(&mut out, &rest[..open]);
+        let Some(close) = rest[open..].find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = &rest[open + 1..open + close];
+        let name = tag.trim_start_matches('/').split(|c: char| c.is_ascii_whitespace() || c == '/').next().unwrap_or("");
+        if ["br", "p", "div", "tr", "li", "table", "h1", "h2", "h3"].iter().any(|b| name.eq_ignore_ascii_case(b)) {
+            out.push('\n');
         }
+        rest = &rest[open + close + 1..];
     }
-    out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&")
+    push_text(&mut out, rest);
+    out
+}
+
+/// Appends text between tags, decoding `&nbsp; &lt; &gt; &quot; &amp;`.
+fn push_text(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let entity = &rest[amp..];
+        let (decoded, len) = [("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&amp;", "&")]
+            .iter()
+            .find(|(e, _)| entity.starts_with(e))
+            .map_or(("&", 1), |(e, d)| (*d, e.len()));
+        out.push_str(decoded);
+        rest = &entity[len..];
+    }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_runs_collapse() {
+        assert_eq!(collapse_ws("  a \t b\r\n  c  "), "a b c");
+        assert_eq!(collapse_ws("plain words"), "plain words");
+        assert_eq!(collapse_ws("é\u{a0}x"), "é x");
+    }
 
     #[test]
     fn lines_split_on_every_line_ending() {
@@ -216,6 +246,13 @@ mod tests {
     #[test]
     fn addresses_without_a_real_domain_are_ignored() {
         assert!(find_addresses("user@localhost and a@b.1 and @example.com").is_empty());
+    }
+
+    #[test]
+    fn html_becomes_lines_of_text() {
+        let text = html_to_text("<p>Your message to <a href=\"mailto:a@b.example\">a@b.example</a></p><br/>550&nbsp;5.1.1 &lt;x&gt; &amp; more");
+        assert_eq!(text, "\nYour message to a@b.example\n\n550 5.1.1 <x> & more");
+        assert_eq!(html_to_text("unclosed <tag"), "unclosed ");
     }
 
     #[test]

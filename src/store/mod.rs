@@ -1,8 +1,9 @@
 //! Storage with sqlx: SQLite (the embedded default) and Postgres, chosen by the URL's scheme.
 //!
 //! Owns the connection pools, the migrations (`migrations/sqlite`, `migrations/postgres`, applied with
-//! `sqlx::migrate!`), and the write path of ingested messages ([`Store::save_messages`]). The tables and views
-//! are the SQL interface documented in `docs/sql.md`.
+//! `sqlx::migrate!`), the write path of ingested messages ([`Store::save_messages`]), and what people teach
+//! the classifier (categories, labels, model versions). The tables and views are the SQL interface documented
+//! in `docs/sql.md`.
 //!
 //! Durability: a message counts as stored only once its transaction has committed. SQLite runs in WAL mode with
 //! `synchronous=FULL`, so a commit survives power loss (with `NORMAL` the last commits could be lost, which
@@ -10,6 +11,7 @@
 
 mod categories;
 mod error;
+mod labels;
 mod save;
 pub mod spf;
 
@@ -21,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::{StoreError, StoreErrorKind};
+pub use labels::{Category, LabelledBounce, ModelVersion, NewModelVersion};
 pub use save::{NewMessage, SaveOutcome};
 
 /// How long a SQLite writer waits for the lock before reporting [`StoreErrorKind::Busy`].
@@ -58,6 +61,12 @@ impl Backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -80,6 +80,19 @@ fn key_of(name: &Name) -> String {
     name.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect::<Vec<_>>().join(".")
 }
 
+/// A UDP socket and a TCP listener on the same free port: the UDP port the system picks may be taken for
+/// TCP by another test, so try a few ports.
+async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener, std::net::SocketAddr) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let addr = udp.local_addr().expect("udp addr");
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            return (udp, tcp, addr);
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 50 tries");
+}
+
 /// Starts a server for `zone`.
 pub async fn start(zone: &[(&str, Rec)]) -> DnsServer {
     let mut map: HashMap<String, Vec<Rec>> = HashMap::new();
@@ -87,9 +100,7 @@ pub async fn start(zone: &[(&str, Rec)]) -> DnsServer {
         map.entry(name.to_ascii_lowercase().trim_end_matches('.').to_string()).or_default().push(rec.clone());
     }
     let zone: Zone = Arc::new(map);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-    let addr = udp.local_addr().expect("udp addr");
-    let tcp = TcpListener::bind(addr).await.expect("bind tcp on the same port");
+    let (udp, tcp, addr) = bind_udp_and_tcp().await;
     let queries = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     {

@@ -1,0 +1,144 @@
+//! Classifier benchmark (issue 6 targets), one process, in one run:
+//! - model load time (target ≤ 200 ms);
+//! - rebound's parse + classify (model included) over every message of ../shared/corpus/bounces, messages/s,
+//!   and Debian's Sisimai (libsisimai-perl, benches/sisimai_classify.pl) over the same files, and the ratio
+//!   (target ≥ 25×);
+//! - inference latency per recipient on one core, p50/p99 (target p99 ≤ 1 ms).
+//!
+//! Run: `nice -n 10 cargo bench --bench classify` (needs ../shared and `apt-get install libsisimai-perl`;
+//! skips with a printed reason when either is missing). `REBOUND_BENCH_REPS` sets the passes (default 5).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use rebound::classify::{self, Model, Signals};
+use rebound::parse;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus = root.join("../shared/corpus/bounces/emails");
+    let model_dir = root.join("models");
+    if !corpus.is_dir() {
+        println!("classify bench skipped: {} is absent", corpus.display());
+        return;
+    }
+    let reps: usize = std::env::var("REBOUND_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+
+    // Model load.
+    let mut loads = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        match Model::load(&model_dir) {
+            Ok(_) => loads.push(t.elapsed().as_secs_f64() * 1e3),
+            Err(e) => {
+                println!("classify bench skipped: {e}");
+                return;
+            }
+        }
+    }
+    loads.sort_by(f64::total_cmp);
+    println!("model load: first {:.1} ms, p50 {:.1} ms, max {:.1} ms (target <= 200 ms)", loads[0], percentile(&loads, 0.5), loads[loads.len() - 1]);
+    if let Err(e) = classify::init(&model_dir, classify::DEFAULT_MIN_CONFIDENCE) {
+        println!("classify bench skipped: {e}");
+        return;
+    }
+
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&corpus)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+
+    // rebound: read, parse, classify every file, `reps` passes.
+    let mut recipients = 0usize;
+    let started = Instant::now();
+    for _ in 0..reps {
+        for f in &files {
+            let Ok(raw) = std::fs::read(f) else { continue };
+            let parsed = parse::parse(&raw);
+            recipients += classify::classify_all(&parsed).len();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let messages = files.len() * reps;
+    let ours = messages as f64 / secs;
+    println!("rebound: {messages} messages, {recipients} recipients in {secs:.3} s = {ours:.0} msg/s");
+
+    // Sisimai over the same files.
+    let script = root.join("benches/sisimai_classify.pl");
+    let sisimai = Command::new("perl")
+        .arg(&script)
+        .arg(reps.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                for f in &files {
+                    writeln!(stdin, "{}", f.display())?;
+                }
+            }
+            child.wait_with_output()
+        });
+    match sisimai {
+        Ok(out) if out.status.success() => {
+            let line = String::from_utf8_lossy(&out.stdout);
+            let fields: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if let [m, r, s] = fields[..] {
+                let theirs = m / s;
+                println!("sisimai: {m} messages, {r} recipients in {s:.3} s = {theirs:.0} msg/s");
+                println!("ratio rebound/sisimai: {:.1}x (target >= 25x)", ours / theirs);
+            } else {
+                println!("sisimai: unexpected output {line:?}");
+            }
+        }
+        Ok(out) => println!("sisimai skipped: perl exited {} (apt-get install libsisimai-perl)", out.status),
+        Err(e) => println!("sisimai skipped: cannot run perl: {e}"),
+    }
+
+    // Inference latency per recipient, on this one thread.
+    let Some((model, min_confidence)) = classify::installed() else { return };
+    let mut inputs: Vec<(String, Signals)> = Vec::new();
+    for f in &files {
+        let Ok(raw) = std::fs::read(f) else { continue };
+        let parsed = parse::parse(&raw);
+        for r in &parsed.recipients {
+            inputs.push((r.diagnostic.clone().unwrap_or_default(), Signals::of_recipient(parsed.kind, r)));
+        }
+    }
+    let mut lat = Vec::with_capacity(inputs.len() * reps);
+    let mut slowest = (0.0f64, 0usize);
+    for _ in 0..reps {
+        for (text, signals) in &inputs {
+            let t = Instant::now();
+            let c = model.classify(text, signals, min_confidence);
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            if us > slowest.0 {
+                slowest = (us, text.chars().count());
+            }
+            lat.push(us);
+            std::hint::black_box(c);
+        }
+    }
+    println!("slowest call: {:.1} us on a text of {} characters", slowest.0, slowest.1);
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "inference per recipient ({} calls): p50 {:.1} us, p99 {:.1} us, max {:.1} us (target p99 <= 1000 us)",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}

@@ -1,0 +1,336 @@
+//! What the model sees: the diagnostic text, normalised and masked, turned into hashed features, and the
+//! structured signals (enhanced status code, reply code, DSN action, failed SMTP command, message kind, the
+//! status prior's verdict) turned into signal tokens. Shared by training and inference so both see the same.
+//!
+//! Normalisation, in order (see [`normalise`]):
+//! 1. the text is cut at [`MAX_TEXT_CHARS`] characters (diagnostics are short; the rest is noise);
+//! 2. control characters and U+FFFD (what non-UTF-8 bytes become) turn into spaces;
+//! 3. URLs, e-mail addresses, IP addresses, host names, IDs and numbers are masked (`urlx`, `emailx`, `ipx`,
+//!    `hostx`, `idx`, `num`) so that a recipient's address or a queue ID never decides a reason;
+//! 4. enhanced status codes become one token (`5.1.1` → `st5_1_1`); three-digit reply codes stay as they are.
+//!
+//! The tokenizer (`models/tokenizer.json`, tokenizers crate) then applies NFKC and lowercasing, splits words
+//! and maps them to vocabulary ids. Features of one text: its known words, hashed word bigrams, hashed character
+//! 3- to 5-grams of every word (so "mail box", "mailbox" and "mial box" share most features) and the 4-grams
+//! that span two adjacent words.
+
+use std::sync::OnceLock;
+
+use regex::{Captures, Regex};
+
+use super::status;
+use crate::parse::{Kind, Recipient};
+
+/// Input cut: only the first 2,048 characters of a diagnostic text are read.
+pub const MAX_TEXT_CHARS: usize = 2048;
+
+/// The structured signals of one recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Kind of the message the recipient comes from; `None` for a bare text.
+    pub kind: Option<Kind>,
+    /// RFC 3463 enhanced status code as written, e.g. `5.1.1`.
+    pub status: Option<String>,
+    /// SMTP reply code, e.g. 550.
+    pub reply_code: Option<u16>,
+    /// DSN Action, lowercase.
+    pub action: Option<String>,
+    /// The SMTP command that failed (CONN, HELO, MAIL, RCPT, DATA), if known.
+    pub smtp_command: Option<String>,
+}
+
+impl Signals {
+    /// The signals of a parsed recipient.
+    pub fn of_recipient(kind: Kind, recipient: &Recipient) -> Signals {
+        Signals {
+            kind: Some(kind),
+            status: recipient.status.clone(),
+            reply_code: recipient.reply_code,
+            action: recipient.action.as_ref().map(|a| a.to_ascii_lowercase()),
+            smtp_command: recipient.smtp_command.as_ref().map(|c| c.to_ascii_uppercase()),
+        }
+    }
+
+    /// The signal tokens fed to the model's signal bag, e.g. `sd=1.1`, `rc=550`, `prior=userunknown`.
+    pub fn tokens(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(10);
+        out.push(format!("kind={}", self.kind.map_or("text", Kind::as_str)));
+        match self.status.as_deref().and_then(status::parse_enhanced) {
+            Some((class, subject, detail)) => {
+                out.push(format!("sc={class}"));
+                out.push(format!("ss={class}.{subject}"));
+                out.push(format!("sd={subject}.{detail}"));
+                out.push(format!("sx={class}.{subject}.{detail}"));
+            }
+            None => out.push("sc=none".to_string()),
+        }
+        match self.reply_code {
+            Some(code) => {
+                out.push(format!("rc={code}"));
+                out.push(format!("rcc={}", code / 100));
+            }
+            None => out.push("rc=none".to_string()),
+        }
+        out.push(format!("act={}", self.action.as_deref().unwrap_or("none")));
+        out.push(format!("cmd={}", self.smtp_command.as_deref().unwrap_or("none")));
+        out.push(format!("prior={}", self.prior()));
+        out
+    }
+
+    /// What the structured-signal prior ([`status::classify`]) says of these signals alone.
+    pub fn prior_classification(&self) -> super::Classification {
+        let recipient = Recipient {
+            status: self.status.clone(),
+            reply_code: self.reply_code,
+            action: self.action.clone(),
+            ..Recipient::default()
+        };
+        status::classify(self.kind.unwrap_or(Kind::Bounce), &recipient)
+    }
+
+    /// The reason the structured-signal prior names (`onhold` when it does not decide).
+    pub fn prior(&self) -> String {
+        self.prior_classification().reason
+    }
+
+    /// Whether the signals say the failure is permanent (5.x.x status or 5xx reply; failed action otherwise).
+    pub fn permanent(&self) -> bool {
+        if let Some((class, _, _)) = self.status.as_deref().and_then(status::parse_enhanced) {
+            return class == 5;
+        }
+        if let Some(code) = self.reply_code {
+            return (500..600).contains(&code);
+        }
+        self.action.as_deref() == Some("failed")
+    }
+}
+
+struct Masks {
+    url: Regex,
+    email: Regex,
+    ipv4: Regex,
+    ipv6: Regex,
+    enhanced: Regex,
+    dotted: Regex,
+    alnum: Regex,
+}
+
+fn masks() -> &'static Masks {
+    static MASKS: OnceLock<Masks> = OnceLock::new();
+    MASKS.get_or_init(|| {
+        let re = |p: &str| Regex::new(p).expect("the mask patterns are valid regular expressions");
+        Masks {
+            url: re(r"(?i)\b(?:https?|ftp)://[^\s<>()\[\]]+"),
+            email: re(r"(?i)[a-z0-9._%+\-=/]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*"),
+            ipv4: re(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"),
+            ipv6: re(r"(?i)\b(?:[0-9a-f]{1,4}:){3,7}[0-9a-f]{1,4}\b|(?i)\b(?:[0-9a-f]{1,4}:){1,6}:(?:[0-9a-f]{1,4})?\b"),
+            enhanced: re(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b"),
+            dotted: re(r"(?i)\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)+\b"),
+            alnum: re(r"\b[\p{L}\p{N}_]+\b"),
+        }
+    })
+}
+
+/// Normalise a diagnostic text: cut, clean, mask (see the module documentation). Lowercasing and Unicode
+/// normalisation are the tokenizer's job, so this keeps case.
+pub fn normalise(text: &str) -> String {
+    let cut: String = text
+        .chars()
+        .take(MAX_TEXT_CHARS)
+        .map(|c| if c.is_control() || c == '\u{FFFD}' { ' ' } else { c })
+        .collect();
+    let m = masks();
+    let s = m.url.replace_all(&cut, " urlx ");
+    let s = m.email.replace_all(&s, " emailx ");
+    let s = m.ipv4.replace_all(&s, " ipx ");
+    let s = m.ipv6.replace_all(&s, " ipx ");
+    let s = m.enhanced.replace_all(&s, " st${1}_${2}_${3} ");
+    let s = m.dotted.replace_all(&s, |c: &Captures| {
+        let whole = &c[0];
+        let last = whole.rsplit('.').next().unwrap_or("");
+        let tld_like = (2..=6).contains(&last.len()) && last.chars().all(|ch| ch.is_ascii_alphabetic());
+        if tld_like { " hostx ".to_string() } else { whole.to_string() }
+    });
+    let s = m.alnum.replace_all(&s, |c: &Captures| mask_word(&c[0]));
+    s.into_owned()
+}
+
+/// Mask one word: numbers other than reply codes, and IDs (letters mixed with digits, 6+ characters).
+fn mask_word(word: &str) -> String {
+    let digits = word.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || word.starts_with("st") && word.contains('_') {
+        return word.to_string();
+    }
+    let len = word.chars().count();
+    if digits == len {
+        let is_reply = len == 3 && matches!(word.as_bytes()[0], b'2' | b'4' | b'5');
+        return if is_reply { word.to_string() } else { "num".to_string() };
+    }
+    if len >= 6 { "idx".to_string() } else { word.to_string() }
+}
+
+/// Strip RFC 3463 enhanced status codes and bare reply codes from a text (for the robustness evaluation and
+/// for training augmentation: the model must not lean on codes that a real text may lack).
+pub fn strip_codes(text: &str) -> String {
+    static CODES: OnceLock<Regex> = OnceLock::new();
+    let re = CODES.get_or_init(|| {
+        Regex::new(r"[(#\[]*\b[245]\.\d{1,3}\.\d{1,3}\b[)\]]?|\b[245]\d\d(?:[ -]|\b)")
+            .expect("the status-code pattern is valid")
+    });
+    let stripped = re.replace_all(text, " ");
+    stripped.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// 64-bit FNV-1a, the feature hash (stable across platforms and versions, unlike `std`'s hasher).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// One feature of a text: its row in the text embedding table and what it is (for `--explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    /// Row in the text embedding table.
+    pub row: u32,
+    /// Human-readable name: `w:word`, `b:word word`, `c:gram`.
+    pub name: String,
+}
+
+/// Sizes that place features in the text embedding table: vocabulary rows first, then hash buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of vocabulary rows (the tokenizer's vocabulary size).
+    pub vocab: u32,
+    /// Number of hash buckets after the vocabulary rows.
+    pub buckets: u32,
+    /// Number of rows of the signal embedding table (hash buckets).
+    pub signal_buckets: u32,
+}
+
+impl Layout {
+    fn bucket(&self, kind: &[u8], parts: &[&[u8]]) -> u32 {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(kind);
+        all.extend_from_slice(parts);
+        self.vocab + (fnv1a(&all) % u64::from(self.buckets)) as u32
+    }
+
+    /// Row of a signal token in the signal table.
+    pub fn signal_row(&self, token: &str) -> u32 {
+        (fnv1a(&[b"s", token.as_bytes()]) % u64::from(self.signal_buckets)) as u32
+    }
+
+    /// Features of a tokenised text: `tokens` are the tokenizer's word strings, `ids` their vocabulary ids
+    /// (`unk` for unknown words). With `names`, each feature carries its readable name (slower; for explain).
+    pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool, out: &mut Vec<Feature>) {
+        let name = |s: String| if names { s } else { String::new() };
+        let words: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        for (i, word) in words.iter().enumerate() {
+            let id = ids.get(i).copied().unwrap_or(unk);
+            if id != unk && id < self.vocab {
+                out.push(Feature { row: id, name: name(format!("w:{word}")) });
+            }
+            if let Some(next) = words.get(i + 1) {
+                out.push(Feature {
+                    row: self.bucket(b"b", &[word.as_bytes(), next.as_bytes()]),
+                    name: name(format!("b:{word} {next}")),
+                });
+            }
+            let alpha = word.chars().all(char::is_alphabetic);
+            if !alpha {
+                continue;
+            }
+            let marked: Vec<char> = std::iter::once('<').chain(word.chars()).chain(std::iter::once('>')).collect();
+            for n in 3..=5 {
+                if marked.len() < n {
+                    break;
+                }
+                for gram in marked.windows(n) {
+                    let g: String = gram.iter().collect();
+                    out.push(Feature { row: self.bucket(b"c", &[g.as_bytes()]), name: name(format!("c:{g}")) });
+                }
+            }
+            if let Some(next) = words.get(i + 1).filter(|w| w.chars().all(char::is_alphabetic)) {
+                let left: Vec<char> = word.chars().collect();
+                let right: Vec<char> = next.chars().collect();
+                let tail = &left[left.len().saturating_sub(3)..];
+                let head = &right[..right.len().min(3)];
+                let joined: Vec<char> = tail.iter().chain(head.iter()).copied().collect();
+                for (k, gram) in joined.windows(4).enumerate() {
+                    // only the grams that span the junction (the others are already in-word grams)
+                    if k < tail.len() && k + 4 > tail.len() {
+                        let g: String = gram.iter().collect();
+                        out.push(Feature { row: self.bucket(b"c", &[g.as_bytes()]), name: name(format!("c:{g}")) });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_addresses_hosts_ips_ids_and_numbers_but_keeps_codes() {
+        let n = normalise("550 5.1.1 <john.doe@example.org>: Recipient address rejected [192.0.2.1] mx1.example.net id DB5EUR03FT012 after 3 tries");
+        assert!(n.contains("550"), "{n}");
+        assert!(n.contains("st5_1_1"), "{n}");
+        assert!(n.contains("emailx") && n.contains("ipx") && n.contains("hostx") && n.contains("idx"), "{n}");
+        assert!(n.contains("num"), "{n}");
+        assert!(!n.contains("john") && !n.contains("192") && !n.contains("example"), "{n}");
+    }
+
+    #[test]
+    fn exchange_dotted_codes_are_not_hosts() {
+        let n = normalise("RESOLVER.ADR.RecipNotFound; not found");
+        assert!(n.contains("RecipNotFound"), "{n}");
+    }
+
+    #[test]
+    fn control_characters_and_replacement_chars_become_spaces_and_long_text_is_cut() {
+        assert_eq!(normalise("a\u{0}b\u{FFFD}c").split_whitespace().count(), 3);
+        let long = "x ".repeat(10_000);
+        assert!(normalise(&long).chars().count() <= MAX_TEXT_CHARS * 2);
+    }
+
+    #[test]
+    fn strip_codes_removes_status_and_reply_codes() {
+        assert_eq!(strip_codes("550-5.1.1 user unknown (#5.1.1)"), "user unknown");
+        assert_eq!(strip_codes("550 mailbox full"), "mailbox full");
+    }
+
+    #[test]
+    fn spacing_variants_share_character_grams() {
+        let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
+        let feats = |t: &[&str]| {
+            let toks: Vec<String> = t.iter().map(|s| s.to_string()).collect();
+            let mut out = Vec::new();
+            layout.text_features(&toks, &vec![0; toks.len()], 0, false, &mut out);
+            out.into_iter().map(|f| f.row).collect::<std::collections::HashSet<_>>()
+        };
+        let a = feats(&["mailbox", "full"]);
+        let b = feats(&["mail", "box", "full"]);
+        let shared = a.intersection(&b).count();
+        assert!(shared * 2 > a.len().min(b.len()), "shared {shared} of {} / {}", a.len(), b.len());
+    }
+
+    #[test]
+    fn signal_tokens_carry_codes_and_prior() {
+        let s = Signals { kind: Some(Kind::Dsn), status: Some("5.2.2".into()), reply_code: Some(552), ..Signals::default() };
+        let t = s.tokens();
+        for want in ["kind=dsn", "sc=5", "sd=2.2", "rc=552", "prior=mailboxfull", "cmd=none"] {
+            assert!(t.iter().any(|x| x == want), "{want} in {t:?}");
+        }
+        assert!(s.permanent());
+    }
+}

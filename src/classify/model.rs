@@ -1,0 +1,446 @@
+//! The trained classifier at run time: loads `models/` once (tokenizer.json, model.safetensors, labels.json,
+//! config.json) and classifies a diagnostic text plus its signals in plain Rust (a sparse embedding-bag
+//! lookup and two small dense layers: a few microseconds, no allocation-heavy tensor ops on the hot path).
+//!
+//! Architecture (trained by [`super::train`] with candle):
+//! `x = [mean(E_text[text features]) ; mean(E_sig[signal tokens])]`, `h = relu(W1 x + b1)`,
+//! `p = softmax(W2 h + b2)` over the labels of labels.json.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::features::{normalise, Feature, Layout, Signals};
+use super::{Classification, DecidedBy};
+
+/// File names inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The tokenizer (tokenizers crate JSON).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The label set, in output order.
+pub const LABELS_FILE: &str = "labels.json";
+/// Sizes and training facts.
+pub const CONFIG_FILE: &str = "config.json";
+/// The unknown-word token of the tokenizer's vocabulary.
+pub const UNK_TOKEN: &str = "[UNK]";
+
+/// Why a model could not be loaded or saved; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A model file does not exist or cannot be read.
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A model file exists but its content is not what it must be.
+    #[error("corrupt model file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A model file cannot be written.
+    #[error("cannot write model file {path}: {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// One output label: a built-in reason or a user's custom category.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// Reason or category name.
+    pub name: String,
+    /// A permanent failure with this label is a hard bounce.
+    pub hard: bool,
+}
+
+/// Sizes of the network and facts about its training (config.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Embedding width.
+    pub dim: usize,
+    /// Hidden layer width.
+    pub hidden: usize,
+    /// Hash buckets of the text table (after the vocabulary rows).
+    pub buckets: u32,
+    /// Rows of the signal table.
+    pub signal_buckets: u32,
+    /// Input cut in characters (documentation; the code uses [`super::features::MAX_TEXT_CHARS`]).
+    pub max_text_chars: usize,
+    /// Training seed.
+    pub seed: u64,
+    /// Number of training examples (before augmentation).
+    pub examples: usize,
+    /// When it was trained (RFC 3339).
+    pub trained_at: String,
+    /// Weight β of the status prior fused at inference: `logits + β·log q`, where q puts the prior's
+    /// confidence on the reason the status prior ([`super::status`]) names and spreads the rest evenly.
+    /// 0 = the network alone (it still sees the prior's verdict as a signal token).
+    #[serde(default)]
+    pub prior_weight: f32,
+}
+
+/// A loaded model.
+pub struct Model {
+    tokenizer: Tokenizer,
+    unk: u32,
+    layout: Layout,
+    labels: Vec<Label>,
+    config: ModelConfig,
+    text_emb: Vec<f32>,
+    signal_emb: Vec<f32>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+/// The weights of a model as flat row-major f32 arrays (what training produces).
+pub struct Weights {
+    /// Text embedding table, rows = vocabulary + buckets.
+    pub text_emb: Vec<f32>,
+    /// Signal embedding table.
+    pub signal_emb: Vec<f32>,
+    /// First layer, `hidden × 2·dim`.
+    pub w1: Vec<f32>,
+    /// First layer bias.
+    pub b1: Vec<f32>,
+    /// Output layer, `labels × hidden`.
+    pub w2: Vec<f32>,
+    /// Output layer bias.
+    pub b2: Vec<f32>,
+}
+
+/// Features and signal rows of one input, ready for the network.
+pub struct Encoded {
+    /// Text features.
+    pub features: Vec<Feature>,
+    /// Signal tokens and their rows.
+    pub signals: Vec<(String, u32)>,
+}
+
+/// What weighed most in one verdict (for `classify --explain`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The verdict.
+    pub classification: Classification,
+    /// The top text features (word, bigram or character gram) with their weight: how much the winning
+    /// label's logit drops when the feature is removed.
+    pub features: Vec<(String, f32)>,
+    /// The signal tokens with their weight, measured the same way.
+    pub signals: Vec<(String, f32)>,
+    /// The three most likely labels and their probabilities.
+    pub top: Vec<(String, f32)>,
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
+    fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })
+}
+
+/// Round weights through f16 (the stored precision), so the model in memory equals the one on disk.
+fn round_f16(v: Vec<f32>) -> Result<Vec<f32>, String> {
+    let n = v.len();
+    Tensor::from_vec(v, n, &Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F16))
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| e.to_string())
+}
+
+impl Model {
+    /// Assemble a model from trained parts; weights are rounded to f16 so that the model in memory is the
+    /// one [`Model::save`] writes.
+    pub fn from_parts(
+        tokenizer: Tokenizer,
+        labels: Vec<Label>,
+        config: ModelConfig,
+        w: Weights,
+    ) -> Result<Model, String> {
+        let vocab = tokenizer.get_vocab_size(false) as u32;
+        let unk = tokenizer.token_to_id(UNK_TOKEN).ok_or("the tokenizer has no [UNK] token")?;
+        let layout = Layout { vocab, buckets: config.buckets, signal_buckets: config.signal_buckets };
+        let (d, h, c) = (config.dim, config.hidden, labels.len());
+        let rows = (vocab + config.buckets) as usize;
+        let checks = [
+            ("text_emb", w.text_emb.len(), rows * d),
+            ("signal_emb", w.signal_emb.len(), config.signal_buckets as usize * d),
+            ("w1", w.w1.len(), h * 2 * d),
+            ("b1", w.b1.len(), h),
+            ("w2", w.w2.len(), c * h),
+            ("b2", w.b2.len(), c),
+        ];
+        for (name, got, want) in checks {
+            if got != want {
+                return Err(format!("tensor {name} has {got} values, expected {want}"));
+            }
+        }
+        Ok(Model {
+            tokenizer,
+            unk,
+            layout,
+            labels,
+            config,
+            text_emb: round_f16(w.text_emb)?,
+            signal_emb: round_f16(w.signal_emb)?,
+            w1: round_f16(w.w1)?,
+            b1: round_f16(w.b1)?,
+            w2: round_f16(w.w2)?,
+            b2: round_f16(w.b2)?,
+        })
+    }
+
+    /// Load a model directory. Every error names the missing or corrupt file.
+    pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        let labels_path = dir.join(LABELS_FILE);
+        let labels: Vec<Label> = serde_json::from_slice(&read(&labels_path)?)
+            .map_err(|e| corrupt(&labels_path, e.to_string()))?;
+        if labels.is_empty() {
+            return Err(corrupt(&labels_path, "no labels"));
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let config: ModelConfig = serde_json::from_slice(&read(&config_path)?)
+            .map_err(|e| corrupt(&config_path, e.to_string()))?;
+        let tok_path = dir.join(TOKENIZER_FILE);
+        let tokenizer = Tokenizer::from_bytes(read(&tok_path)?).map_err(|e| corrupt(&tok_path, e.to_string()))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let bytes = read(&weights_path)?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| corrupt(&weights_path, e.to_string()))?;
+        let get = |name: &str| -> Result<Vec<f32>, ModelError> {
+            let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+        };
+        let weights = Weights {
+            text_emb: get("text_emb")?,
+            signal_emb: get("signal_emb")?,
+            w1: get("w1")?,
+            b1: get("b1")?,
+            w2: get("w2")?,
+            b2: get("b2")?,
+        };
+        for v in [&weights.text_emb, &weights.signal_emb, &weights.w1, &weights.b1, &weights.w2, &weights.b2] {
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(corrupt(&weights_path, "non-finite weights"));
+            }
+        }
+        Model::from_parts(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))
+    }
+
+    /// Write the model to a directory: weights as f16 safetensors, tokenizer, labels, config.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let write_err = |path: &Path, e: &dyn std::fmt::Display| ModelError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let (d, h, c) = (self.config.dim, self.config.hidden, self.labels.len());
+        let rows = (self.layout.vocab + self.layout.buckets) as usize;
+        let mut map = std::collections::HashMap::new();
+        let parts: [(&str, &Vec<f32>, Vec<usize>); 6] = [
+            ("text_emb", &self.text_emb, vec![rows, d]),
+            ("signal_emb", &self.signal_emb, vec![self.layout.signal_buckets as usize, d]),
+            ("w1", &self.w1, vec![h, 2 * d]),
+            ("b1", &self.b1, vec![h]),
+            ("w2", &self.w2, vec![c, h]),
+            ("b2", &self.b2, vec![c]),
+        ];
+        for (name, values, shape) in parts {
+            let t = Tensor::from_slice(values.as_slice(), shape, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F16))
+                .map_err(|e| write_err(&weights_path, &e))?;
+            map.insert(name.to_string(), t);
+        }
+        candle_core::safetensors::save(&map, &weights_path).map_err(|e| write_err(&weights_path, &e))?;
+        let tok_path = dir.join(TOKENIZER_FILE);
+        self.tokenizer.save(&tok_path, false).map_err(|e| write_err(&tok_path, &e))?;
+        let labels_path = dir.join(LABELS_FILE);
+        let json = serde_json::to_vec_pretty(&self.labels).map_err(|e| write_err(&labels_path, &e))?;
+        fs::write(&labels_path, json).map_err(|e| write_err(&labels_path, &e))?;
+        let config_path = dir.join(CONFIG_FILE);
+        let json = serde_json::to_vec_pretty(&self.config).map_err(|e| write_err(&config_path, &e))?;
+        fs::write(&config_path, json).map_err(|e| write_err(&config_path, &e))?;
+        Ok(())
+    }
+
+    /// The labels in output order.
+    pub fn labels(&self) -> &[Label] {
+        &self.labels
+    }
+
+    /// Sizes and training facts.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Normalise, tokenise and featurise one input. `names` keeps readable feature names (for explain).
+    pub fn encode(&self, text: &str, signals: &Signals, names: bool) -> Encoded {
+        let norm = normalise(text);
+        let mut features = Vec::with_capacity(norm.len());
+        if let Ok(enc) = self.tokenizer.encode(norm.as_str(), false) {
+            self.layout.text_features(enc.get_tokens(), enc.get_ids(), self.unk, names, &mut features);
+        }
+        let signals = signals
+            .tokens()
+            .into_iter()
+            .map(|t| {
+                let row = self.layout.signal_row(&t);
+                (t, row)
+            })
+            .collect();
+        Encoded { features, signals }
+    }
+
+    /// Output logits for encoded input, skipping text feature `skip_feature` / signal `skip_signal` (by name;
+    /// for explain's occlusion).
+    fn logits(&self, enc: &Encoded, skip_feature: Option<&str>, skip_signal: Option<usize>) -> Vec<f32> {
+        let d = self.config.dim;
+        let mut x = vec![0f32; 2 * d];
+        let mut n = 0usize;
+        for f in &enc.features {
+            if skip_feature.is_some_and(|s| s == f.name) {
+                continue;
+            }
+            let row = &self.text_emb[f.row as usize * d..(f.row as usize + 1) * d];
+            x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            n += 1;
+        }
+        if n > 0 {
+            x[..d].iter_mut().for_each(|a| *a /= n as f32);
+        }
+        let mut m = 0usize;
+        for (i, (_, row)) in enc.signals.iter().enumerate() {
+            if skip_signal == Some(i) {
+                continue;
+            }
+            let row = &self.signal_emb[*row as usize * d..(*row as usize + 1) * d];
+            x[d..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            m += 1;
+        }
+        if m > 0 {
+            x[d..].iter_mut().for_each(|a| *a /= m as f32);
+        }
+        let h = self.config.hidden;
+        let hidden: Vec<f32> = (0..h)
+            .map(|j| {
+                let w = &self.w1[j * 2 * d..(j + 1) * 2 * d];
+                (self.b1[j] + w.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>()).max(0.0)
+            })
+            .collect();
+        (0..self.labels.len())
+            .map(|k| self.b2[k] + self.w2[k * h..(k + 1) * h].iter().zip(&hidden).map(|(a, b)| a * b).sum::<f32>())
+            .collect()
+    }
+
+    /// Set the status prior's weight (see [`ModelConfig::prior_weight`]).
+    pub fn set_prior_weight(&mut self, weight: f32) {
+        self.config.prior_weight = weight;
+    }
+
+    /// Add the status prior's log-probabilities, weighted, to the network's logits.
+    fn fuse(&self, logits: &mut [f32], signals: &Signals) {
+        let beta = self.config.prior_weight;
+        if beta == 0.0 {
+            return;
+        }
+        let prior = signals.prior_classification();
+        let Some(k) = self.labels.iter().position(|l| l.name == prior.reason) else { return };
+        if prior.reason == "onhold" || prior.confidence <= 0.0 {
+            return;
+        }
+        let c = prior.confidence.clamp(1e-3, 1.0 - 1e-3);
+        let rest = ((1.0 - c) / (logits.len().max(2) - 1) as f32).ln();
+        for (i, l) in logits.iter_mut().enumerate() {
+            *l += beta * if i == k { c.ln() } else { rest };
+        }
+    }
+
+    /// Label probabilities for one input, in label order.
+    pub fn probabilities(&self, text: &str, signals: &Signals) -> Vec<f32> {
+        let mut logits = self.logits(&self.encode(text, signals, false), None, None);
+        self.fuse(&mut logits, signals);
+        softmax(&logits)
+    }
+
+    /// Classify one input: the most likely label, or `onhold` when its probability is below `min_confidence`.
+    pub fn classify(&self, text: &str, signals: &Signals, min_confidence: f32) -> Classification {
+        let probs = self.probabilities(text, signals);
+        self.verdict(&probs, signals, min_confidence)
+    }
+
+    fn verdict(&self, probs: &[f32], signals: &Signals, min_confidence: f32) -> Classification {
+        let (best, &p) = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap_or((0, &0.0));
+        let label = &self.labels[best.min(self.labels.len() - 1)];
+        if p < min_confidence {
+            return Classification {
+                reason: "onhold".to_string(),
+                hard_bounce: false,
+                confidence: p,
+                decided_by: DecidedBy::Model,
+            };
+        }
+        Classification {
+            reason: label.name.clone(),
+            hard_bounce: label.hard && signals.permanent(),
+            confidence: p,
+            decided_by: DecidedBy::Model,
+        }
+    }
+
+    /// Classify and say what weighed most: the `top_n` text features and every signal token, by how much the
+    /// winning label's logit drops when each is left out.
+    pub fn explain(&self, text: &str, signals: &Signals, min_confidence: f32, top_n: usize) -> Explanation {
+        let enc = self.encode(text, signals, true);
+        let mut logits = self.logits(&enc, None, None);
+        self.fuse(&mut logits, signals);
+        let probs = softmax(&logits);
+        let classification = self.verdict(&probs, signals, min_confidence);
+        let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let mut names: Vec<&str> = enc.features.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut features: Vec<(String, f32)> = names
+            .into_iter()
+            .map(|name| (name.to_string(), logits[best] - self.logits(&enc, Some(name), None)[best]))
+            .collect();
+        features.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        features.truncate(top_n);
+        let signals_w = (0..enc.signals.len())
+            .map(|i| (enc.signals[i].0.clone(), logits[best] - self.logits(&enc, None, Some(i))[best]))
+            .collect();
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top = order.into_iter().take(3).map(|i| (self.labels[i].name.clone(), probs[i])).collect();
+        Explanation { classification, features, signals: signals_w, top }
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}

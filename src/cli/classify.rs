@@ -1,0 +1,237 @@
+//! `rebound classify [--format jsonl|table] PATH...`: parse and classify without a database, one line per
+//! bounced recipient. A validator for what rebound makes of a message before it is ever stored.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::Failure;
+use crate::classify::{self, Classification, Explanation};
+use crate::config::{ClassifyConfig, LmtpConfig};
+use crate::exit;
+use crate::ingest::files::{Messages, RawMessage};
+use crate::parse::{self, Parsed, Recipient};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line and recipient.
+    Jsonl,
+    /// An aligned table for people.
+    Table,
+}
+
+/// Arguments of `rebound classify`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+JSON fields: file, kind (dsn|bounce|arf|autoreply|unparsed), recipient, action, status, reply_code, \
+diagnostic, reason, hard_bounce, confidence, decided_by; `index` for messages of an mbox file and \
+`parse_error` when there is one. A message without recipients gives one line with recipient null. With \
+--text: one line with `diagnostic` the text and the classification (the other fields null).
+Exit 65 when a file cannot be read or is over the size limit (the others are still printed).
+
+Examples:
+  rebound classify bounce.eml
+  rebound classify --format table ~/Maildir/new
+  rebound classify --text '550 5.1.1 <a@b.example>: Recipient address rejected: User unknown'
+  rebound classify --explain --text '452 4.2.2 Mailbox full'
+  rebound classify corpus/ | jq -r .reason | sort | uniq -c")]
+pub struct ClassifyArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// Classify one diagnostic text instead of files, e.g. "550 5.1.1 <a@b.example>: user unknown".
+    #[arg(long, value_name = "TEXT", conflicts_with = "paths")]
+    pub text: Option<String>,
+    /// With --text: also print what weighed most in the model's verdict (JSON).
+    #[arg(long, requires = "text")]
+    pub explain: bool,
+    /// Model directory; without one there, reasons come from the status codes alone.
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub model: PathBuf,
+    /// Files, directories (recursive), Maildirs, mbox files.
+    #[arg(required_unless_present = "text", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// One output line: a recipient and its classification.
+#[derive(Debug, Serialize)]
+struct Row {
+    file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    kind: Option<&'static str>,
+    recipient: Option<String>,
+    action: Option<String>,
+    status: Option<String>,
+    reply_code: Option<u16>,
+    diagnostic: Option<String>,
+    reason: Option<String>,
+    hard_bounce: Option<bool>,
+    confidence: Option<f32>,
+    decided_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parse_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<Explanation>,
+}
+
+/// Print the classification of every recipient of every message below the paths.
+pub fn run(args: ClassifyArgs) -> Result<i32, Failure> {
+    let model = ClassifyConfig { model: args.model.clone(), ..ClassifyConfig::default() };
+    crate::ingest::install_model(&model).map_err(Failure::usage)?;
+    let limit = LmtpConfig::default().max_message_size;
+    let mut rows = Vec::new();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if let Some(text) = &args.text {
+        let row = text_row(text, args.explain);
+        let written = match args.format {
+            Format::Jsonl => write_json(&mut out, &row),
+            Format::Table => write_table(&mut out, &[row]),
+        };
+        return match written.and_then(|()| out.flush()) {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => finish_on_write_error(e),
+        };
+    }
+    let mut bad_input = false;
+    for item in Messages::new(&args.paths, limit) {
+        let message = match item {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("rebound: {e}");
+                bad_input = true;
+                continue;
+            }
+        };
+        let parsed = parse::parse(&message.bytes);
+        let classifications = classify::classify_all(&parsed);
+        let message_rows = rows_of(&message, &parsed, &classifications);
+        match args.format {
+            Format::Jsonl => {
+                for row in &message_rows {
+                    if let Err(e) = write_json(&mut out, row) {
+                        return finish_on_write_error(e);
+                    }
+                }
+            }
+            Format::Table => rows.extend(message_rows),
+        }
+    }
+    let written = match args.format {
+        Format::Jsonl => Ok(()),
+        Format::Table => write_table(&mut out, &rows),
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        return finish_on_write_error(e);
+    }
+    Ok(if bad_input { exit::DATAERR } else { exit::OK })
+}
+
+/// A reader that went away (`| head`) is not an error.
+fn finish_on_write_error(e: io::Error) -> Result<i32, Failure> {
+    if e.kind() == io::ErrorKind::BrokenPipe { Ok(exit::OK) } else { Err(Failure::temporary(e)) }
+}
+
+fn write_json(out: &mut impl Write, row: &Row) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, row)?;
+    out.write_all(b"\n")
+}
+
+/// The row of one bare diagnostic text.
+fn text_row(text: &str, explain: bool) -> Row {
+    let c = classify::classify_text(text);
+    Row {
+        file: None,
+        index: None,
+        kind: None,
+        recipient: None,
+        action: None,
+        status: None,
+        reply_code: None,
+        diagnostic: Some(text.to_string()),
+        reason: Some(c.reason.clone()),
+        hard_bounce: Some(c.hard_bounce),
+        confidence: Some(c.confidence),
+        decided_by: Some(c.decided_by.as_str()),
+        parse_error: None,
+        explanation: if explain { classify::explain(text, None, 10) } else { None },
+    }
+}
+
+fn rows_of(message: &RawMessage, parsed: &Parsed, classifications: &[Classification]) -> Vec<Row> {
+    let row = |r: Option<&Recipient>, c: Option<&Classification>| Row {
+        file: Some(message.path.display().to_string()),
+        index: message.index,
+        kind: Some(parsed.kind.as_str()),
+        recipient: r.map(|r| r.recipient.clone()),
+        action: r.and_then(|r| r.action.clone()),
+        status: r.and_then(|r| r.status.clone()),
+        reply_code: r.and_then(|r| r.reply_code),
+        diagnostic: r.and_then(|r| r.diagnostic.clone()),
+        reason: c.map(|c| c.reason.clone()),
+        hard_bounce: c.map(|c| c.hard_bounce),
+        confidence: c.map(|c| c.confidence),
+        decided_by: c.map(|c| c.decided_by.as_str()),
+        parse_error: parsed.parse_error.clone(),
+        explanation: None,
+    };
+    if parsed.recipients.is_empty() {
+        return vec![row(None, None)];
+    }
+    parsed.recipients.iter().enumerate().map(|(i, r)| row(Some(r), classifications.get(i))).collect()
+}
+
+fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
+    const DIAGNOSTIC_WIDTH: usize = 60;
+    let header = ["FILE", "KIND", "RECIPIENT", "REASON", "HARD", "CONF", "STATUS", "CODE", "BY", "DIAGNOSTIC"];
+    let cells: Vec<[String; 10]> = rows
+        .iter()
+        .map(|r| {
+            let file = match (&r.file, r.index) {
+                (Some(f), Some(i)) => format!("{f}#{i}"),
+                (Some(f), None) => f.clone(),
+                (None, _) => "-".to_string(),
+            };
+            let diagnostic: String = r.diagnostic.as_deref().or(r.parse_error.as_deref()).unwrap_or("-").chars().take(DIAGNOSTIC_WIDTH).collect();
+            [
+                file,
+                r.kind.unwrap_or("-").to_string(),
+                r.recipient.clone().unwrap_or_else(|| "-".into()),
+                r.reason.clone().unwrap_or_else(|| "-".into()),
+                r.hard_bounce.map(|h| if h { "hard" } else { "soft" }).unwrap_or("-").to_string(),
+                r.confidence.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                r.status.clone().unwrap_or_else(|| "-".into()),
+                r.reply_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                r.decided_by.unwrap_or("-").to_string(),
+                diagnostic,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(&header))?;
+    for row in &cells {
+        let refs: Vec<&str> = row.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&refs))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! Digests of a realistic database: the shared bounce and ARF corpus ingested through parse → classify →
+//! store (each bounce re-dated into the last 14 days, so a 7-day digest and its trend have data), plus
+//! synthetic SPF checks and outbox rows. Checked against independent SQL on SQLite and, when
+//! `REBOUND_TEST_POSTGRES_URL` is set, on Postgres; rendered as text and HTML, and the HTML in headless
+//! Chromium (screenshot non-empty, no console errors).
+//!
+//! Without ../shared/corpus the corpus tests print why they skip; without /usr/bin/chromium the browser test
+//! does. `REBOUND_UPDATE_SCREENSHOT=1` copies the browser's screenshot to docs/digest-example.png.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use rebound::cli::digest::{DigestArgs, run};
+use rebound::digest::{self, Digest, Format, Period, Since, render};
+use rebound::store::{Backend, NewMessage, Store, redact_url};
+use sha2::{Digest as _, Sha256};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor};
+
+const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
+
+fn corpus() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    if dir.join("bounces/emails").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent (the shared corpus is read, never copied)", dir.display());
+        None
+    }
+}
+
+/// A migrated store and what keeps it alive.
+struct TestDb {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((url, name)) = self.schema.take() else { return };
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                conn.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: could not drop a test schema");
+        }
+    }
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("rebound.db").display());
+    TestDb { store: Store::open(&url).await.expect("open SQLite"), _dir: Some(dir), schema: None }
+}
+
+async fn postgres(test: &str) -> Option<TestDb> {
+    let Ok(url) = std::env::var(POSTGRES_ENV) else {
+        eprintln!("skipping Postgres variant of {test}: {POSTGRES_ENV} is not set");
+        return None;
+    };
+    let name = format!("rebound_digest_{}_{test}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={} is set but unreachable: {e}", redact_url(&url)));
+    admin.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.expect("drop old schema");
+    admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.expect("create schema");
+    let options = PgConnectOptions::from_str(&url).expect("URL").options([("search_path", &name)]);
+    let store = Store::connect_postgres(options).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    Some(TestDb { store, _dir: None, schema: Some((url, name)) })
+}
+
+/// Run `$body` with `$pool` bound to the store's pool, whichever backend it is.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        if let Some($pool) = $store.sqlite_pool() {
+            $body
+        } else if let Some($pool) = $store.postgres_pool() {
+            $body
+        } else {
+            unreachable!("a store has one of the two pools")
+        }
+    };
+}
+
+async fn scalar(store: &Store, sql: &str) -> i64 {
+    with_pool!(store, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn execute(store: &Store, sql: &str) {
+    with_pool!(store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A time as an SQL literal of the backend.
+fn lit(store: &Store, t: DateTime<Utc>) -> String {
+    let s = t.format("%Y-%m-%d %H:%M:%S");
+    match store.backend() {
+        Backend::Sqlite => format!("'{s}'"),
+        Backend::Postgres => format!("TIMESTAMPTZ '{s}+00'"),
+    }
+}
+
+/// Every file of the corpus's bounce mails and ARF reports, sorted.
+fn corpus_files(corpus: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(corpus.join("bounces/emails"))
+        .into_iter()
+        .chain(walkdir::WalkDir::new(corpus.join("arf")))
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Ingest the corpus through the real pipeline; bounce `i` of file `f` gets a Last-Attempt-Date spread over
+/// the 14 days before `now` (the corpus's own dates span twenty years). Returns the number of messages stored.
+async fn ingest_corpus(store: &Store, corpus: &Path, now: DateTime<Utc>) -> usize {
+    let files = corpus_files(corpus);
+    assert!(files.len() > 400, "expected the whole corpus, found {} files", files.len());
+    let mut batch = Vec::new();
+    for (f, path) in files.iter().enumerate() {
+        let raw = std::fs::read(path).expect("read corpus file");
+        let mut parsed = rebound::parse::parse(&raw);
+        for (i, r) in parsed.recipients.iter_mut().enumerate() {
+            let hours_ago = ((f * 7919 + i * 131) % (14 * 24)) as i64;
+            r.last_attempt_date = Some((now - Duration::hours(hours_ago) - Duration::minutes(17)).to_rfc2822());
+        }
+        let classifications = rebound::classify::classify_all(&parsed);
+        batch.push(NewMessage {
+            sha256: Sha256::digest(&raw).into(),
+            raw,
+            source: format!("file:{}", path.display()),
+            parsed,
+            classifications,
+            envelope_from: Some(String::new()),
+            envelope_to: vec!["bounces@example.org".to_string()],
+        });
+    }
+    let n = batch.len();
+    for chunk in batch.chunks(100) {
+        store.save_messages(chunk).await.expect("save corpus batch");
+    }
+    n
+}
+
+/// Synthetic SPF checks and outbox rows, `hours` ago each.
+async fn add_spf(store: &Store) {
+    let ago = |hours: i64| match store.backend() {
+        Backend::Sqlite => format!("datetime('now', '-{hours} hours')"),
+        Backend::Postgres => format!("now() - interval '{hours} hours'"),
+    };
+    // (hours ago, ip, identity, domain, result, how many)
+    let checks: &[(i64, &str, &str, &str, &str, usize)] = &[
+        (3, "203.0.113.7", "mail_from", "example.org", "fail", 5),
+        (30, "198.51.100.23", "mail_from", "example.org", "softfail", 3),
+        (50, "2001:db8::25", "mail_from", "news.example.net", "permerror", 1),
+        (10, "192.0.2.10", "mail_from", "example.org", "pass", 20),
+        (10, "192.0.2.10", "helo", "mx.example.org", "none", 4),
+        (200, "198.51.100.23", "mail_from", "example.org", "softfail", 2),
+        (200, "192.0.2.10", "mail_from", "example.org", "pass", 10),
+    ];
+    for &(hours, ip, identity, domain, result, n) in checks {
+        for k in 0..n {
+            execute(
+                store,
+                &format!(
+                    "INSERT INTO spf_checks (checked_at, client_ip, helo, mail_from, identity, domain, result) \
+                     VALUES ({}, '{ip}', 'mx.{domain}', 'sender@{domain}', '{identity}', '{domain}', '{result}')",
+                    ago(hours + k as i64)
+                ),
+            )
+            .await;
+        }
+    }
+    // (status, last_error, how many)
+    let outbox: &[(&str, Option<&str>, usize)] = &[
+        ("sent", None, 3),
+        ("queued", None, 1),
+        ("failed", Some("550 5.1.1 report address unknown"), 1),
+        ("suppressed", Some("rate limit 1/1d reached for postmaster@example.org"), 2),
+    ];
+    for &(status, error, n) in outbox {
+        for _ in 0..n {
+            let error = error.map_or("NULL".to_string(), |e| format!("'{e}'"));
+            execute(
+                store,
+                &format!(
+                    "INSERT INTO outgoing_reports (created_at, kind, domain, report_address, message, status, last_error) \
+                     VALUES ({}, 'spf', 'example.org', 'postmaster@example.org', {}, '{status}', {error})",
+                    ago(5),
+                    match store.backend() {
+                        Backend::Sqlite => "X'00'",
+                        Backend::Postgres => "'\\x00'::bytea",
+                    }
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+/// What a 7-day digest of the corpus database ending at `now` (after the ingestion) must say, checked
+/// against independent SQL.
+async fn check_corpus_digest(db: &TestDb, now: DateTime<Utc>) -> Digest {
+    let store = &db.store;
+    let period = Period::ending(now, "7d".parse().unwrap());
+    let d = digest::collect(store, period).await.expect("digest");
+    let (from, until, before) = (lit(store, period.from), lit(store, period.until), lit(store, period.previous_from()));
+    let failures = |a: &str, b: &str| {
+        format!(
+            "SELECT COUNT(*) FROM bounces WHERE bounced_at >= {a} AND bounced_at < {b} \
+             AND reason NOT IN ('delivered', 'vacation', 'feedback')"
+        )
+    };
+    assert!(!d.database_empty && !d.period_empty);
+    assert_eq!(d.failures.current, scalar(store, &failures(&from, &until)).await);
+    assert_eq!(d.failures.previous, scalar(store, &failures(&before, &from)).await);
+    assert!(d.failures.current > 100 && d.failures.previous > 100, "{:?}", d.failures);
+    assert_eq!(
+        d.hard.current,
+        scalar(store, &format!("{} AND hard_bounce", failures(&from, &until))).await,
+        "hard bounces"
+    );
+    assert_eq!(d.hard.current + d.soft.current, d.failures.current);
+    assert_eq!(d.reasons.iter().map(|r| r.trend.current).sum::<i64>(), d.failures.current);
+    assert_eq!(d.reasons.iter().map(|r| r.trend.previous).sum::<i64>(), d.failures.previous);
+    assert!(d.reasons.windows(2).all(|w| w[0].trend.current >= w[1].trend.current), "reasons sorted");
+    assert_eq!(d.series.len(), 8, "one point per calendar day the 7 days touch");
+    assert_eq!(d.series.iter().map(|p| p.hard + p.soft).sum::<i64>(), d.failures.current);
+    assert!(!d.other_events.is_empty(), "the corpus has auto-replies, deliveries or feedback");
+
+    let top = &d.domains[0];
+    assert_eq!(
+        top.failures,
+        scalar(
+            store,
+            &format!(
+                "{} AND recipient_domain = '{}'",
+                failures(&from, &until),
+                top.name.replace('\'', "''")
+            )
+        )
+        .await
+    );
+    assert!(d.domains.windows(2).all(|w| w[0].failures >= w[1].failures));
+    assert!(top.dominant_count <= top.failures && top.dominant_count > 0);
+    assert!(!d.mtas.is_empty());
+    assert!(!d.new_domains.is_empty(), "domains seen only in the latest week");
+
+    assert_eq!(
+        d.suppression.total,
+        scalar(
+            store,
+            &format!("SELECT COUNT(*) FROM suppression_list WHERE last_bounced_at >= {from} AND last_bounced_at < {until}")
+        )
+        .await
+    );
+    assert!(d.suppression.total > 0 && !d.suppression.rows.is_empty());
+    assert_eq!(
+        d.labelling.total,
+        scalar(store, &format!("SELECT COUNT(*) FROM labelling_queue WHERE bounced_at >= {from} AND bounced_at < {until}"))
+            .await
+    );
+
+    // The synthetic SPF data.
+    assert_eq!((d.spf.checks.current, d.spf.checks.previous), (33, 12));
+    assert_eq!((d.spf.failures.current, d.spf.failures.previous), (9, 2));
+    let top = &d.spf.by_source[0];
+    assert_eq!((top.domain.as_str(), top.client_ip.as_str(), top.result.as_str(), top.failures), ("example.org", "203.0.113.7", "fail", 5));
+    let mut new: Vec<&str> = d.spf.new_sources.iter().map(|s| s.client_ip.as_str()).collect();
+    new.sort();
+    assert_eq!(new, ["2001:db8::25", "203.0.113.7"], "198.51.100.23 failed before the period");
+    let pass = d.spf.results.iter().find(|r| r.result == "pass").expect("pass row");
+    assert_eq!((pass.mail_from, pass.helo), (20, 0));
+    let outbox: Vec<(&str, i64)> = d.spf.outbox.iter().map(|n| (n.name.as_str(), n.count)).collect();
+    assert_eq!(outbox, [("sent", 3), ("queued", 1), ("failed", 1), ("suppressed", 2)]);
+    assert_eq!(d.spf.suppressed_because[0].name, "rate limit 1/1d reached for postmaster@example.org");
+
+    // Incoming reports were all received now.
+    let arf = scalar(store, "SELECT COUNT(*) FROM feedback_reports").await;
+    assert!(arf > 10, "the corpus has ARF reports");
+    assert_eq!(d.incoming.total.current, arf);
+    assert!(d.incoming.by_reporter.iter().map(|r| r.reports).sum::<i64>() <= arf);
+    assert!(!d.incoming.by_domain.is_empty());
+    d
+}
+
+/// Text and HTML say the same things; the HTML is self-contained.
+fn check_rendering(d: &Digest) -> String {
+    let text = render::text(d).expect("text digest");
+    let html = render::html(d).expect("HTML digest");
+    // minijinja's HTML escaping.
+    let escape = |s: &str| {
+        s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+            .replace('\'', "&#x27;").replace('/', "&#x2f;")
+    };
+    for r in d.reasons.iter().take(5) {
+        assert!(text.contains(&r.reason) && html.contains(&r.reason), "reason {} missing", r.reason);
+    }
+    let rate = "rate limit 1/1d reached";
+    assert!(text.contains("203.0.113.7") && html.contains("203.0.113.7"));
+    assert!(text.contains(rate) && html.contains(&escape(rate)), "the suppression reason");
+    for s in d.suppression.rows.iter().take(5) {
+        assert!(text.contains(&s.recipient), "{} not in the text", s.recipient);
+        assert!(html.contains(&escape(&s.recipient)), "{} not in the HTML", s.recipient);
+    }
+    assert!(text.contains("SUPPRESS THESE ADDRESSES") && html.contains("Suppress these addresses"));
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(html.matches("<svg").count(), 2, "two inline charts");
+    let lower = html.to_ascii_lowercase();
+    for forbidden in ["<script", "<link", "<img", "<iframe", "@import", "url(", " src=", " href="] {
+        assert!(!lower.contains(forbidden), "{forbidden} in a self-contained digest");
+    }
+    html
+}
+
+#[tokio::test]
+async fn corpus_digest_on_sqlite() {
+    let Some(corpus) = corpus() else { return };
+    let db = sqlite().await;
+    let now = Utc::now();
+    ingest_corpus(&db.store, &corpus, now).await;
+    add_spf(&db.store).await;
+    let d = check_corpus_digest(&db, Utc::now() + Duration::seconds(1)).await;
+    check_rendering(&d);
+}
+
+#[tokio::test]
+async fn corpus_digest_on_postgres() {
+    let Some(corpus) = corpus() else { return };
+    let Some(db) = postgres("corpus").await else { return };
+    let now = Utc::now();
+    ingest_corpus(&db.store, &corpus, now).await;
+    add_spf(&db.store).await;
+    let d = check_corpus_digest(&db, Utc::now() + Duration::seconds(1)).await;
+    check_rendering(&d);
+}
+
+async fn empty_database_gives_a_friendly_digest(db: &TestDb) {
+    let d = digest::collect(&db.store, Period::ending(Utc::now(), "24h".parse().unwrap())).await.expect("digest");
+    assert!(d.database_empty && d.period_empty);
+    assert_eq!(d.failures.current, 0);
+    assert_eq!(d.series.len(), 25, "every hour the 24 hours touch");
+    assert!(d.reasons.is_empty() && d.suppression.rows.is_empty() && d.spf.by_source.is_empty());
+    let text = render::text(&d).unwrap();
+    assert!(text.contains("Nothing stored yet"), "{text}");
+    let html = render::html(&d).unwrap();
+    assert!(html.contains("Nothing stored yet"));
+    assert!(html.contains("No failures in this period."));
+    assert!(!html.contains("<svg"), "no empty charts");
+}
+
+#[tokio::test]
+async fn empty_database_on_sqlite() {
+    empty_database_gives_a_friendly_digest(&sqlite().await).await;
+}
+
+#[tokio::test]
+async fn empty_database_on_postgres() {
+    let Some(db) = postgres("empty").await else { return };
+    empty_database_gives_a_friendly_digest(&db).await;
+}
+
+#[tokio::test]
+async fn quiet_period_in_a_database_with_data_says_so() {
+    let db = sqlite().await;
+    add_spf(&db.store).await;
+    // The 24 hours that ended 10 days ago: the SPF checks are all later.
+    let until = Utc::now() - Duration::days(10);
+    let d = digest::collect(&db.store, Period::ending(until, Since::from_str("24h").unwrap())).await.unwrap();
+    assert!(!d.database_empty && d.period_empty, "{d:?}");
+    assert_eq!(d.spf.checks.current, 0);
+    let text = render::text(&d).unwrap();
+    assert!(text.contains("A quiet period"), "{text}");
+}
+
+#[tokio::test]
+async fn cli_writes_the_digest_file_and_refuses_a_bad_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let out = dir.path().join("digest.html");
+    let args = |since: &str| DigestArgs {
+        since: since.to_string(),
+        until: None,
+        format: Format::Html,
+        out: Some(out.clone()),
+        db: db.clone(),
+    };
+    assert_eq!(run(args("7d")).await.unwrap(), 0);
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("the last 7 days") && html.contains("Nothing stored yet"));
+    assert_eq!(run(args("7 fortnights")).await.unwrap(), 64);
+    assert_eq!(run(args("0h")).await.unwrap(), 64);
+    let bad_db = DigestArgs { db: "mysql://nowhere/x".to_string(), ..args("1d") };
+    assert_eq!(run(bad_db).await.unwrap(), 64, "an unsupported database URL is a usage error");
+}
+
+/// Render the corpus digest in headless Chromium: the screenshot is non-empty and the page logs no console
+/// message (errors, blocked fetches, CSP or parse complaints all show up there).
+#[tokio::test]
+async fn html_digest_renders_in_headless_chromium() {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        eprintln!("skipping: /usr/bin/chromium is absent (apt-get install chromium)");
+        return;
+    }
+    let Some(corpus) = corpus() else { return };
+    let db = sqlite().await;
+    let now = Utc::now();
+    ingest_corpus(&db.store, &corpus, now).await;
+    add_spf(&db.store).await;
+    let d = check_corpus_digest(&db, Utc::now() + Duration::seconds(1)).await;
+    let html = check_rendering(&d);
+
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("digest.html");
+    let png = dir.path().join("digest.png");
+    std::fs::write(&page, &html).unwrap();
+    let output = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg("--window-size=1200,2400")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chromium failed: {stderr}");
+    let console: Vec<&str> = stderr.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(bytes.len() > 20_000, "a screenshot with content, got {} bytes", bytes.len());
+    if std::env::var_os("REBOUND_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/digest-example.png");
+        std::fs::copy(&png, &docs).expect("copy screenshot to docs/");
+        eprintln!("screenshot written to {}", docs.display());
+    }
+}
+
