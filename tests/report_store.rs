@@ -1,0 +1,133 @@
+//! The store side of SPF reports on both backends (SQLite always; Postgres at
+//! `REBOUND_TEST_POSTGRES_URL`, in a schema of its own, dropped afterwards): checks and report in one
+//! transaction, the per-address rate and the global hourly cap held in the database, claims that never
+//! hand one report to two senders at once, attempts recorded.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::Utc;
+use rebound::store::spf::{AttemptOutcome, CheckItem, Queued, ReportToQueue, SpfCheckRow};
+use rebound::store::Store;
+use sqlx::{Connection, Executor};
+
+const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
+
+fn row(n: usize) -> SpfCheckRow {
+    SpfCheckRow {
+        checked_at: Utc::now(),
+        client_ip: format!("203.0.113.{}", n % 250),
+        client_name: None,
+        helo: Some("bad.example.net".into()),
+        mail_from: Some("x@example.com".into()),
+        rcpt_to: Some("u@ours.example".into()),
+        queue_id: None,
+        identity: "mail_from",
+        domain: "example.com".into(),
+        result: "fail",
+        explanation: None,
+        record: Some("v=spf1 -all ra=r".into()),
+        mechanism: Some("-all".into()),
+        action: Some("DUNNO".into()),
+    }
+}
+
+fn report(address: &str, per_address: u32, max_per_hour: u32) -> ReportToQueue {
+    ReportToQueue {
+        row: 0,
+        kind: "spf-failure",
+        domain: "example.com".into(),
+        address: address.into(),
+        mail_from: "x@example.com".into(),
+        message: b"Subject: report\r\n\r\nbody\r\n".to_vec(),
+        per_address,
+        period: Duration::from_secs(86_400),
+        max_per_hour,
+    }
+}
+
+async fn exercise(store: &Store) {
+    // Three checks for one address, rate 2 per day: two reports, then rate-limited.
+    let mut outcomes = Vec::new();
+    for n in 0..3 {
+        let item = CheckItem { rows: vec![row(n)], report: Some(report("r@example.com", 2, 100)) };
+        outcomes.extend(store.save_spf_checks(&[item]).await.unwrap());
+    }
+    assert!(matches!(outcomes[0].1, Some(Queued::Queued(_))));
+    assert!(matches!(outcomes[1].1, Some(Queued::Queued(_))));
+    assert_eq!(outcomes[2].1, Some(Queued::RateLimited));
+    assert_eq!(outcomes.iter().map(|(ids, _)| ids.len()).sum::<usize>(), 3, "every check is stored");
+    assert!(store.report_limit_reached(&report("r@example.com", 2, 100)).await.unwrap());
+    // The global cap: 3 per hour in all; two used above.
+    let batch: Vec<CheckItem> = (0..3)
+        .map(|n| CheckItem { rows: vec![row(n)], report: Some(report(&format!("a{n}@example.org"), 5, 3)) })
+        .collect();
+    let results = store.save_spf_checks(&batch).await.unwrap();
+    assert!(matches!(results[0].1, Some(Queued::Queued(_))));
+    assert_eq!(results[1].1, Some(Queued::HourlyCap));
+    assert_eq!(results[2].1, Some(Queued::HourlyCap));
+
+    // Two senders claim at the same time: each report goes to exactly one.
+    let (a, b) = tokio::join!(
+        store.claim_reports("sender-a", 10, Duration::from_secs(300)),
+        store.claim_reports("sender-b", 10, Duration::from_secs(300))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ids: Vec<i64> = a.iter().chain(b.iter()).map(|r| r.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(a.len() + b.len(), 3);
+    assert!(store.claim_reports("sender-c", 10, Duration::from_secs(300)).await.unwrap().is_empty());
+
+    let first = ids[0];
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    store.record_report_attempt(first, AttemptOutcome::Temporary, Some(451), "451 4.0.0 not now", 12, Some(later)).await.unwrap();
+    assert!(store.claim_reports("sender-a", 10, Duration::from_secs(300)).await.unwrap().is_empty(), "not due yet");
+    store.record_report_attempt(ids[1], AttemptOutcome::Sent, Some(250), "ok", 5, None).await.unwrap();
+    store.record_report_attempt(ids[2], AttemptOutcome::Permanent, Some(550), "550 no", 5, None).await.unwrap();
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    if let Some(pool) = store.sqlite_pool() {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    } else {
+        sqlx::query_scalar(sql).fetch_one(store.postgres_pool().unwrap()).await.unwrap()
+    }
+}
+
+async fn check_counts(store: &Store) {
+    assert_eq!(count(store, "SELECT COUNT(*) FROM spf_checks").await, 6);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports").await, 3);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE check_id IS NOT NULL").await, 3);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM report_attempts").await, 3);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'queued' AND attempts = 1").await, 1);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent'").await, 1);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'failed'").await, 1);
+}
+
+#[tokio::test]
+async fn sqlite_holds_limits_and_claims_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+    exercise(&store).await;
+    check_counts(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_holds_limits_and_claims_once_with_skip_locked() {
+    let Ok(url) = std::env::var(POSTGRES_ENV) else {
+        println!("SKIPPED postgres_holds_limits_and_claims_once_with_skip_locked: {POSTGRES_ENV} is not set");
+        return;
+    };
+    let schema = format!("rebound_test_spf_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("the test Postgres");
+    admin.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str()).await.unwrap();
+    admin.execute(format!("CREATE SCHEMA {schema}").as_str()).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", &schema)]);
+    let store = Store::connect_postgres(options).await.unwrap();
+    store.migrate().await.unwrap();
+    exercise(&store).await;
+    check_counts(&store).await;
+    admin.execute(format!("DROP SCHEMA {schema} CASCADE").as_str()).await.unwrap();
+}
