@@ -309,8 +309,8 @@ async fn overview(
 /// the values seen in the period and never before it.
 ///
 /// Every value ever recorded is listed by a loose scan of the `(column, bounced_at)` index, with its events in
-/// the period (a range count on the same index) and whether it was seen before. The [`TOP`] x 3 busiest are
-/// then counted by reason (failures only), so the table ranks by failures without reading every row.
+/// the period (a range count on the same index) and whether it was seen before. The [`TOP`] busiest (by all
+/// their events) are then counted by reason, failures only, so no row is read for the others.
 async fn groups(r: &Reader<'_>, column: &str, what: &'static str) -> Result<(Vec<GroupRow>, Vec<Named>), DigestError> {
     let active: Vec<(String, i64, bool)> = r
         .rows(
@@ -338,7 +338,7 @@ async fn groups(r: &Reader<'_>, column: &str, what: &'static str) -> Result<(Vec
     let mut busiest: Vec<&(String, i64, bool)> = active.iter().collect();
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut rows = Vec::new();
-    for (name, _, _) in busiest.into_iter().take(TOP * 3) {
+    for (name, _, _) in busiest.into_iter().take(TOP) {
         let reasons: Vec<(String, i64, i64)> = r
             .rows(
                 what,
@@ -442,15 +442,17 @@ async fn suppression(r: &Reader<'_>, hard_reasons: &[&str]) -> Result<Listing<Su
     if hard_reasons.is_empty() {
         return Ok(Listing { total: 0, rows: Vec::new() });
     }
-    let reasons: Vec<String> = hard_reasons.iter().map(|reason| quote(reason)).collect();
-    let latest_hard = format!(
-        "FROM bounces b WHERE b.reason IN ({}) AND b.bounced_at >= $1 AND b.bounced_at < $2 AND b.hard_bounce \
+    let latest = "b.bounced_at >= $1 AND b.bounced_at < $2 AND b.hard_bounce \
          AND NOT EXISTS (SELECT 1 FROM bounces l WHERE l.recipient = b.recipient AND l.bounced_at >= b.bounced_at \
-                         AND (l.bounced_at > b.bounced_at OR l.id > b.id))",
-        reasons.join(", ")
-    );
+                         AND (l.bounced_at > b.bounced_at OR l.id > b.id))";
+    let reasons: Vec<String> = hard_reasons.iter().map(|reason| quote(reason)).collect();
+    // The count seeks each hard reason's range; the newest rows walk the time index backwards and stop at LIST.
     let total = r
-        .rows::<(i64,)>("the suppression list", &format!("SELECT COUNT(*) {latest_hard}"), &r.this_period())
+        .rows::<(i64,)>(
+            "the suppression list",
+            &format!("SELECT COUNT(*) FROM bounces b WHERE b.reason IN ({}) AND {latest}", reasons.join(", ")),
+            &r.this_period(),
+        )
         .await?
         .first()
         .map_or(0, |(n,)| *n);
@@ -458,7 +460,7 @@ async fn suppression(r: &Reader<'_>, hard_reasons: &[&str]) -> Result<Listing<Su
         .rows(
             "the suppression list",
             &format!(
-                "SELECT b.recipient, b.reason, b.status, {t}, b.diagnostic {latest_hard} \
+                "SELECT b.recipient, b.reason, b.status, {t}, b.diagnostic FROM bounces b WHERE {latest} \
                  ORDER BY b.bounced_at DESC, b.id DESC LIMIT $3",
                 t = r.dialect.text("b.bounced_at")
             ),
