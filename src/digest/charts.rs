@@ -58,7 +58,7 @@ pub fn timeline(series: &[SeriesPoint]) -> Result<Option<String>, DigestError> {
             .x_label_formatter(&labels)
             .y_labels(5)
             .y_label_formatter(&|y| format!("{}", y.round() as i64))
-            .label_style(("sans-serif", 12).into_font().color(&INK))
+            .label_style(("sans-serif", 13).into_font().color(&INK))
             .draw()
             .map_err(&e)?;
         let total = series.iter().enumerate().map(|(i, p)| (i as f64, (p.hard + p.soft) as f64));
@@ -78,7 +78,7 @@ pub fn timeline(series: &[SeriesPoint]) -> Result<Option<String>, DigestError> {
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.9))
             .border_style(RGBColor(0xdd, 0xdd, 0xdd))
-            .label_font(("sans-serif", 12).into_font().color(&INK))
+            .label_font(("sans-serif", 13).into_font().color(&INK))
             .draw()
             .map_err(&e)?;
         root.present().map_err(&e)?;
@@ -121,7 +121,7 @@ pub fn reasons(rows: &[ReasonRow], limit: usize) -> Result<Option<String>, Diges
             .y_labels(rows.len())
             .y_label_formatter(&names)
             .x_labels(6)
-            .label_style(("sans-serif", 12).into_font().color(&INK))
+            .label_style(("sans-serif", 13).into_font().color(&INK))
             .draw()
             .map_err(&e)?;
         chart

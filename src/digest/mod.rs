@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, NaiveDateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
@@ -239,30 +239,37 @@ impl Bucket {
         }
     }
 
-    /// The label of every bucket that the period from `from` (inclusive) to `until` (exclusive) touches, in
-    /// order; the first and last may be partial.
-    pub fn labels(self, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<String> {
-        let mut labels: Vec<String> = Vec::new();
-        let mut t = from;
-        let step = match self {
-            Bucket::Hour => Duration::hours(1),
-            Bucket::Day | Bucket::Month => Duration::days(1),
+    /// The start of the bucket holding `t`.
+    fn start(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let date = t.date_naive();
+        let start = match self {
+            Bucket::Hour => date.and_hms_opt(t.hour(), 0, 0),
+            Bucket::Day => date.and_hms_opt(0, 0, 0),
+            Bucket::Month => date.with_day(1).and_then(|d| d.and_hms_opt(0, 0, 0)),
         };
-        while t < until {
-            let label = self.label(t);
-            if labels.last() != Some(&label) {
-                labels.push(label);
-            }
-            t += step;
+        start.map_or(t, |s| s.and_utc())
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Bucket::Hour => start + Duration::hours(1),
+            Bucket::Day => start + Duration::days(1),
+            Bucket::Month => start.checked_add_months(Months::new(1)).unwrap_or(start + Duration::days(31)),
         }
-        // The bucket of the period's last instant (a 7-day period starting at 14:00 touches 8 days).
-        if from < until {
-            let last = self.label(until - Duration::nanoseconds(1));
-            if labels.last() != Some(&last) {
-                labels.push(last);
-            }
+    }
+
+    /// Every bucket that the period from `from` (inclusive) to `until` (exclusive) touches, in order, as
+    /// (label, start, end) clipped to the period: the first and last may be partial.
+    pub fn ranges(self, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+        let mut ranges = Vec::new();
+        let mut start = from;
+        while start < until {
+            let end = self.next(self.start(start)).min(until);
+            ranges.push((self.label(start), start, end));
+            start = end;
         }
-        labels
+        ranges
     }
 }
 
@@ -293,10 +300,10 @@ impl Period {
         Bucket::for_length(self.since.duration())
     }
 
-    /// "the last 24 hours", "the last 7 days", ...
-    pub fn describe(&self) -> String {
+    /// The period's length in words: (`7`, `"day"`), (`24`, `"hour"`), ...
+    fn length_in_words(&self) -> (i64, &'static str) {
         let m = self.since.duration().num_minutes();
-        let (n, unit) = if m % (7 * 24 * 60) == 0 && m >= 14 * 24 * 60 {
+        if m % (7 * 24 * 60) == 0 && m >= 14 * 24 * 60 {
             (m / (7 * 24 * 60), "week")
         } else if m % (24 * 60) == 0 {
             (m / (24 * 60), "day")
@@ -304,8 +311,23 @@ impl Period {
             (m / 60, "hour")
         } else {
             (m, "minute")
-        };
-        if n == 1 { format!("the last {unit}") } else { format!("the last {n} {unit}s") }
+        }
+    }
+
+    /// "the last 24 hours", "the last 7 days", ...
+    pub fn describe(&self) -> String {
+        match self.length_in_words() {
+            (1, unit) => format!("the last {unit}"),
+            (n, unit) => format!("the last {n} {unit}s"),
+        }
+    }
+
+    /// "the 24 hours before", "the 7 days before", ...
+    pub fn describe_previous(&self) -> String {
+        match self.length_in_words() {
+            (1, unit) => format!("the {unit} before"),
+            (n, unit) => format!("the {n} {unit}s before"),
+        }
     }
 }
 
@@ -531,6 +553,8 @@ pub struct Digest {
     pub until: String,
     /// The period's length as given (`7d`).
     pub since: String,
+    /// The previous period, in words ("the 7 days before").
+    pub previous: String,
     /// The time-series granularity.
     pub bucket: Bucket,
     /// The database (password hidden).
@@ -549,8 +573,6 @@ pub struct Digest {
     pub hard: Trend,
     /// Soft failures.
     pub soft: Trend,
-    /// Distinct recipients that failed in the period.
-    pub failed_recipients: i64,
     /// Non-failure events recorded (delivered, vacation, feedback).
     pub other_events: Vec<Named>,
     /// Failures by reason, most frequent first.

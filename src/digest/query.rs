@@ -3,7 +3,7 @@
 //! that differ (time as text, time buckets) come from [`Dialect`]. Every query is bounded by the period (and
 //! the indexes on `bounced_at`, `checked_at`, `received_at`), so a digest stays fast on a large database.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::FromRow;
 
 use super::{
-    Bucket, Digest, DigestError, GroupRow, IncomingSection, Listing, Named, Period, QueueRow, ReasonRow,
+    Digest, DigestError, GroupRow, IncomingSection, Listing, Named, Period, QueueRow, ReasonRow,
     ReportedDomainRow, ReporterRow, SeriesPoint, SpfFailureRow, SpfResultRow, SpfSection, SuppressRow, Trend,
 };
 use crate::store::{Backend, Store};
@@ -31,9 +31,10 @@ const DIAGNOSTIC_CHARS: usize = 140;
 
 /// A bound parameter.
 #[derive(Debug, Clone, Copy)]
-enum Param {
+enum Param<'a> {
     Time(DateTime<Utc>),
     Int(i64),
+    Text(&'a str),
 }
 
 /// The SQL that differs between the backends.
@@ -49,15 +50,12 @@ impl Dialect {
         }
     }
 
-    /// A time column's bucket label (see [`Bucket::label`]).
-    fn bucket(self, column: &str, bucket: Bucket) -> String {
-        match (self.0, bucket) {
-            (Backend::Sqlite, Bucket::Hour) => format!("substr({column}, 1, 13)"),
-            (Backend::Sqlite, Bucket::Day) => format!("substr({column}, 1, 10)"),
-            (Backend::Sqlite, Bucket::Month) => format!("substr({column}, 1, 7)"),
-            (Backend::Postgres, Bucket::Hour) => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"),
-            (Backend::Postgres, Bucket::Day) => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
-            (Backend::Postgres, Bucket::Month) => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM')"),
+    /// A time as a literal of the column's type.
+    fn time(self, t: DateTime<Utc>) -> String {
+        let text = t.format("%Y-%m-%d %H:%M:%S");
+        match self.0 {
+            Backend::Sqlite => format!("'{text}'"),
+            Backend::Postgres => format!("TIMESTAMPTZ '{text}+00'"),
         }
     }
 }
@@ -71,7 +69,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// Run `sql` with `params` bound to `$1`, `$2`, ... and decode every row as `T`.
-    async fn rows<T>(&self, what: &'static str, sql: &str, params: &[Param]) -> Result<Vec<T>, DigestError>
+    async fn rows<T>(&self, what: &'static str, sql: &str, params: &[Param<'_>]) -> Result<Vec<T>, DigestError>
     where
         T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
     {
@@ -81,6 +79,7 @@ impl Reader<'_> {
                 query = match *p {
                     Param::Time(t) => query.bind(t.format("%Y-%m-%d %H:%M:%S").to_string()),
                     Param::Int(i) => query.bind(i),
+                    Param::Text(s) => query.bind(s),
                 };
             }
             query.fetch_all(pool).await
@@ -90,6 +89,7 @@ impl Reader<'_> {
                 query = match *p {
                     Param::Time(t) => query.bind(t),
                     Param::Int(i) => query.bind(i),
+                    Param::Text(s) => query.bind(s),
                 };
             }
             query.fetch_all(pool).await
@@ -100,12 +100,12 @@ impl Reader<'_> {
     }
 
     /// `$1` = start of the previous period, `$2` = start of the period, `$3` = its end.
-    fn both_periods(&self) -> [Param; 3] {
+    fn both_periods(&self) -> [Param<'static>; 3] {
         [Param::Time(self.period.previous_from()), Param::Time(self.period.from), Param::Time(self.period.until)]
     }
 
     /// `$1` = start of the period, `$2` = its end.
-    fn this_period(&self) -> [Param; 2] {
+    fn this_period(&self) -> [Param<'static>; 2] {
         [Param::Time(self.period.from), Param::Time(self.period.until)]
     }
 }
@@ -130,24 +130,13 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
         messages.iter().map(|(_, t)| t.current).sum(),
         messages.iter().map(|(_, t)| t.previous).sum(),
     );
-    let (reasons, other_events, failures, hard) = reasons(&r).await?;
+    let (reasons, other_events, failures, hard, series) = overview(&r).await?;
     let soft = Trend::new(failures.current - hard.current, failures.previous - hard.previous);
-    let failed_recipients = r
-        .rows::<(i64,)>(
-            "failed recipients",
-            &format!("SELECT COUNT(DISTINCT recipient) FROM bounces WHERE bounced_at >= $1 AND bounced_at < $2 AND {IS_FAILURE}"),
-            &r.this_period(),
-        )
-        .await?
-        .first()
-        .map_or(0, |(n,)| *n);
-    let series = series(&r).await?;
-    let domains = groups(&r, "recipient_domain", "recipient domains").await?;
-    let mtas = groups(&r, "remote_mta", "remote MTAs").await?;
+    let (domains, new_domains) = groups(&r, "recipient_domain", "recipient domains").await?;
+    let (mtas, new_mtas) = groups(&r, "remote_mta", "remote MTAs").await?;
     let new_reasons = new_reasons(&r, &reasons, &other_events).await?;
-    let new_domains = new_values(&r, "recipient_domain", "new recipient domains").await?;
-    let new_mtas = new_values(&r, "remote_mta", "new remote MTAs").await?;
-    let suppression = suppression(&r).await?;
+    let hard_reasons: Vec<&str> = reasons.iter().filter(|row| row.hard > 0).map(|row| row.reason.as_str()).collect();
+    let suppression = suppression(&r, &hard_reasons).await?;
     let spf = spf(&r).await?;
     let incoming = incoming(&r).await?;
     let labelling = labelling(&r).await?;
@@ -164,6 +153,7 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
         from: period.from.format("%Y-%m-%d %H:%M").to_string(),
         until: period.until.format("%Y-%m-%d %H:%M").to_string(),
         since: period.since.to_string(),
+        previous: period.describe_previous(),
         bucket: period.bucket(),
         database: store.display_url().to_string(),
         database_empty,
@@ -173,7 +163,6 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
         failures,
         hard,
         soft,
-        failed_recipients,
         other_events,
         reasons,
         series,
@@ -189,41 +178,98 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
     })
 }
 
-/// Messages received by kind, in the period and the one before.
+/// Messages received by kind, in the period and the one before: two range counts per kind on the
+/// `(kind, received_at)` index.
 async fn messages(r: &Reader<'_>) -> Result<Vec<(String, Trend)>, DigestError> {
     let rows: Vec<(String, i64, i64)> = r
         .rows(
             "messages by kind",
-            "SELECT kind, \
-                    SUM(CASE WHEN received_at >= $2 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN received_at < $2 THEN 1 ELSE 0 END) \
-             FROM messages WHERE received_at >= $1 AND received_at < $3 \
-             GROUP BY kind ORDER BY kind",
+            &format!(
+                "SELECT k.column1, \
+                        (SELECT COUNT(*) FROM messages WHERE kind = k.column1 AND received_at >= $2 AND received_at < $3), \
+                        (SELECT COUNT(*) FROM messages WHERE kind = k.column1 AND received_at >= $1 AND received_at < $2) \
+                 FROM {}",
+                values("k", &["dsn", "bounce", "arf", "autoreply", "unparsed"])
+            ),
             &r.both_periods(),
         )
         .await?;
-    Ok(rows.into_iter().map(|(kind, cur, prev)| (kind, Trend::new(cur, prev))).collect())
+    Ok(rows
+        .into_iter()
+        .filter(|(_, cur, prev)| *cur > 0 || *prev > 0)
+        .map(|(kind, cur, prev)| (kind, Trend::new(cur, prev)))
+        .collect())
 }
 
-/// Failures by reason (with trend and share), the non-failure events, total failures and hard bounces.
-async fn reasons(r: &Reader<'_>) -> Result<(Vec<ReasonRow>, Vec<Named>, Trend, Trend), DigestError> {
-    let rows: Vec<(String, i64, i64, i64, i64)> = r
-        .rows(
-            "bounces by reason",
-            "SELECT reason, \
-                    SUM(CASE WHEN bounced_at >= $2 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN bounced_at < $2 THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN bounced_at >= $2 AND hard_bounce THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN bounced_at < $2 AND hard_bounce THEN 1 ELSE 0 END) \
-             FROM bounces WHERE bounced_at >= $1 AND bounced_at < $3 \
-             GROUP BY reason",
-            &r.both_periods(),
-        )
-        .await?;
+/// The overview of both periods in one pass over the `bounces_digest` index: failures by reason (with trend
+/// and share), the non-failure events, total failures and hard bounces, and the hard/soft series (with a
+/// zero for every empty bucket).
+#[allow(clippy::type_complexity)]
+async fn overview(
+    r: &Reader<'_>,
+) -> Result<(Vec<ReasonRow>, Vec<Named>, Trend, Trend, Vec<SeriesPoint>), DigestError> {
+    let bucket = r.period.bucket();
+    let ranges = bucket.ranges(r.period.from, r.period.until);
+    let reasons = distinct_values(r, "reason", "the reasons recorded").await?;
+    let mut rows: Vec<(String, String, i64, i64)> = Vec::new();
+    if !reasons.is_empty() {
+        // Two range counts (all, hard) per reason and bucket on the (reason, bounced_at, hard_bounce) index;
+        // the previous period is the bucket labelled ''.
+        let d = r.dialect;
+        let mut buckets = vec![format!("('', {}, {})", d.time(r.period.previous_from()), d.time(r.period.from))];
+        buckets.extend(ranges.iter().map(|(label, start, end)| format!("({}, {}, {})", quote(label), d.time(*start), d.time(*end))));
+        let reason_refs: Vec<&str> = reasons.iter().map(String::as_str).collect();
+        let counts: Vec<(String, String, i64, i64)> = r
+            .rows(
+                "bounces by reason and time",
+                &format!(
+                    "SELECT b.column1, r.column1, \
+                            (SELECT COUNT(*) FROM bounces WHERE reason = r.column1 \
+                             AND bounced_at >= b.column2 AND bounced_at < b.column3 AND hard_bounce), \
+                            (SELECT COUNT(*) FROM bounces WHERE reason = r.column1 \
+                             AND bounced_at >= b.column2 AND bounced_at < b.column3) \
+                     FROM {}, (VALUES {}) AS b",
+                    values("r", &reason_refs),
+                    buckets.join(", ")
+                ),
+                &[],
+            )
+            .await?;
+        for (label, reason, hard, all) in counts {
+            if hard > 0 {
+                rows.push((label.clone(), reason.clone(), 1, hard));
+            }
+            if all > hard {
+                rows.push((label, reason, 0, all - hard));
+            }
+        }
+    }
+    // reason -> (current, previous, hard current, hard previous)
+    let mut by_reason: BTreeMap<String, (i64, i64, i64, i64)> = BTreeMap::new();
+    let mut by_bucket: HashMap<String, (i64, i64)> = HashMap::new();
+    for (label, reason, hard, n) in rows {
+        let hard = hard != 0;
+        let counts = by_reason.entry(reason.clone()).or_default();
+        if label.is_empty() {
+            counts.1 += n;
+            counts.3 += if hard { n } else { 0 };
+            continue;
+        }
+        counts.0 += n;
+        counts.2 += if hard { n } else { 0 };
+        if !NOT_FAILURES.contains(&reason.as_str()) {
+            let point = by_bucket.entry(label).or_default();
+            if hard {
+                point.0 += n;
+            } else {
+                point.1 += n;
+            }
+        }
+    }
     let mut other = Vec::new();
     let mut failures = Vec::new();
     let (mut cur, mut prev, mut hard_cur, mut hard_prev) = (0, 0, 0, 0);
-    for (reason, c, p, hc, hp) in rows {
+    for (reason, (c, p, hc, hp)) in by_reason {
         if NOT_FAILURES.contains(&reason.as_str()) {
             if c > 0 {
                 other.push(Named { name: reason, count: c });
@@ -249,103 +295,129 @@ async fn reasons(r: &Reader<'_>) -> Result<(Vec<ReasonRow>, Vec<Named>, Trend, T
         (b.trend.current, b.trend.previous).cmp(&(a.trend.current, a.trend.previous)).then(a.reason.cmp(&b.reason))
     });
     other.sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(&b.name)));
-    Ok((rows, other, Trend::new(cur, prev), Trend::new(hard_cur, hard_prev)))
-}
-
-/// Hard and soft failures per bucket, with a zero for every empty bucket.
-async fn series(r: &Reader<'_>) -> Result<Vec<SeriesPoint>, DigestError> {
-    let bucket = r.period.bucket();
-    let rows: Vec<(String, i64, i64)> = r
-        .rows(
-            "failures over time",
-            &format!(
-                "SELECT {b}, SUM(CASE WHEN hard_bounce THEN 1 ELSE 0 END), SUM(CASE WHEN hard_bounce THEN 0 ELSE 1 END) \
-                 FROM bounces WHERE bounced_at >= $1 AND bounced_at < $2 AND {IS_FAILURE} GROUP BY {b}",
-                b = r.dialect.bucket("bounced_at", bucket)
-            ),
-            &r.this_period(),
-        )
-        .await?;
-    let counts: HashMap<String, (i64, i64)> = rows.into_iter().map(|(b, h, s)| (b, (h, s))).collect();
-    Ok(bucket
-        .labels(r.period.from, r.period.until)
+    let series = ranges
         .into_iter()
-        .map(|label| {
-            let (hard, soft) = counts.get(&label).copied().unwrap_or((0, 0));
+        .map(|(label, _, _)| {
+            let (hard, soft) = by_bucket.get(&label).copied().unwrap_or((0, 0));
             SeriesPoint { bucket: label, hard, soft }
         })
-        .collect())
+        .collect();
+    Ok((rows, other, Trend::new(cur, prev), Trend::new(hard_cur, hard_prev), series))
 }
 
-/// The top values of `column` (recipient domain, remote MTA) by failures, with their dominant reason.
-async fn groups(r: &Reader<'_>, column: &str, what: &'static str) -> Result<Vec<GroupRow>, DigestError> {
-    let rows: Vec<(String, String, i64, i64)> = r
+/// The top values of `column` (recipient domain, remote MTA) by failures with their dominant reason, and
+/// the values seen in the period and never before it.
+///
+/// Every value ever recorded is listed by a loose scan of the `(column, bounced_at)` index, with its events in
+/// the period (a range count on the same index) and whether it was seen before. The [`TOP`] busiest (by all
+/// their events) are then counted by reason, failures only, so no row is read for the others.
+async fn groups(r: &Reader<'_>, column: &str, what: &'static str) -> Result<(Vec<GroupRow>, Vec<Named>), DigestError> {
+    let active: Vec<(String, i64, bool)> = r
         .rows(
             what,
             &format!(
-                "SELECT {column}, reason, COUNT(*), SUM(CASE WHEN hard_bounce THEN 1 ELSE 0 END) \
-                 FROM bounces WHERE bounced_at >= $1 AND bounced_at < $2 AND {IS_FAILURE} AND {column} IS NOT NULL \
-                 GROUP BY {column}, reason"
+                "WITH RECURSIVE d(v) AS ( \
+                     SELECT MIN({column}) FROM bounces \
+                     UNION ALL \
+                     SELECT (SELECT MIN({column}) FROM bounces WHERE {column} > d.v) FROM d WHERE d.v IS NOT NULL \
+                 ) \
+                 SELECT v, n, seen FROM ( \
+                     SELECT v, (SELECT COUNT(*) FROM bounces WHERE {column} = d.v AND bounced_at >= $1 AND bounced_at < $2) AS n, \
+                            EXISTS (SELECT 1 FROM bounces WHERE {column} = d.v AND bounced_at < $1) AS seen \
+                     FROM d WHERE v IS NOT NULL \
+                 ) AS x WHERE n > 0"
             ),
             &r.this_period(),
         )
         .await?;
-    let mut by_name: BTreeMap<String, GroupRow> = BTreeMap::new();
-    for (name, reason, n, hard) in rows {
-        let row = by_name.entry(name.clone()).or_insert_with(|| GroupRow {
-            name,
-            failures: 0,
-            hard: 0,
-            dominant_reason: String::new(),
-            dominant_count: 0,
-        });
-        row.failures += n;
-        row.hard += hard;
-        if n > row.dominant_count || (n == row.dominant_count && reason < row.dominant_reason) {
-            row.dominant_reason = reason;
-            row.dominant_count = n;
+    let mut new: Vec<Named> =
+        active.iter().filter(|(_, _, seen)| !seen).map(|(v, n, _)| Named { name: v.clone(), count: *n }).collect();
+    new.sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(&b.name)));
+    new.truncate(TOP);
+
+    let mut busiest: Vec<&(String, i64, bool)> = active.iter().collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut rows = Vec::new();
+    for (name, _, _) in busiest.into_iter().take(TOP) {
+        let reasons: Vec<(String, i64, i64)> = r
+            .rows(
+                what,
+                &format!(
+                    "SELECT reason, COUNT(*), SUM(CASE WHEN hard_bounce THEN 1 ELSE 0 END) FROM bounces \
+                     WHERE {column} = $3 AND bounced_at >= $1 AND bounced_at < $2 AND {IS_FAILURE} GROUP BY reason"
+                ),
+                &[Param::Time(r.period.from), Param::Time(r.period.until), Param::Text(name)],
+            )
+            .await?;
+        let (failures, hard) = reasons.iter().fold((0, 0), |(f, h), (_, n, hn)| (f + n, h + hn));
+        if failures == 0 {
+            continue;
         }
+        let (dominant_reason, dominant_count) = reasons
+            .iter()
+            .map(|(reason, n, _)| (reason.clone(), *n))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .unwrap_or_default();
+        rows.push(GroupRow { name: name.clone(), failures, hard, dominant_reason, dominant_count });
     }
-    let mut rows: Vec<GroupRow> = by_name.into_values().collect();
     rows.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.name.cmp(&b.name)));
     rows.truncate(TOP);
-    Ok(rows)
+    Ok((rows, new))
 }
 
-/// Reasons of the period (failures and other events) never recorded before it.
+/// Reasons of the period (failures and other events) never recorded before it. One `EXISTS` per reason:
+/// a reason seen before is found at the oldest end of the `bounced_at` index at once.
 async fn new_reasons(r: &Reader<'_>, reasons: &[ReasonRow], other: &[Named]) -> Result<Vec<Named>, DigestError> {
-    let before: Vec<(String,)> = r
-        .rows("reasons seen before", "SELECT DISTINCT reason FROM bounces WHERE bounced_at < $1", &[Param::Time(r.period.from)])
-        .await?;
-    let before: HashSet<String> = before.into_iter().map(|(reason,)| reason).collect();
-    let mut new: Vec<Named> = reasons
+    let mut new = Vec::new();
+    let seen = reasons
         .iter()
         .filter(|row| row.trend.current > 0)
         .map(|row| Named { name: row.reason.clone(), count: row.trend.current })
-        .chain(other.iter().cloned())
-        .filter(|n| !before.contains(&n.name))
-        .collect();
+        .chain(other.iter().cloned());
+    for candidate in seen {
+        let before: Vec<(String,)> = r
+            .rows(
+                "reasons seen before",
+                "SELECT reason FROM bounces WHERE reason = $2 AND bounced_at < $1 LIMIT 1",
+                &[Param::Time(r.period.from), Param::Text(&candidate.name)],
+            )
+            .await?;
+        if before.is_empty() {
+            new.push(candidate);
+        }
+    }
     new.sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(&b.name)));
     Ok(new)
 }
 
-/// Values of `column` seen in the period (any bounce) and never before it, most frequent first.
-async fn new_values(r: &Reader<'_>, column: &str, what: &'static str) -> Result<Vec<Named>, DigestError> {
-    let rows: Vec<(String, i64)> = r
+/// A string as an SQL literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `(VALUES ('a'), ('b')) AS name`: a one-column table of literals (its column is `column1` on both backends).
+fn values(name: &str, items: &[&str]) -> String {
+    let rows: Vec<String> = items.iter().map(|i| format!("({})", quote(i))).collect();
+    format!("(VALUES {}) AS {name}", rows.join(", "))
+}
+
+/// Every distinct value of an indexed `column` of `bounces`, by a loose index scan (one index seek per
+/// value, instead of reading every row).
+async fn distinct_values(r: &Reader<'_>, column: &str, what: &'static str) -> Result<Vec<String>, DigestError> {
+    let rows: Vec<(String,)> = r
         .rows(
             what,
             &format!(
-                "SELECT p.v, p.n FROM ( \
-                     SELECT {column} AS v, COUNT(*) AS n FROM bounces \
-                     WHERE bounced_at >= $1 AND bounced_at < $2 AND {column} IS NOT NULL GROUP BY {column} \
-                 ) AS p \
-                 WHERE NOT EXISTS (SELECT 1 FROM bounces o WHERE o.{column} = p.v AND o.bounced_at < $1) \
-                 ORDER BY p.n DESC, p.v LIMIT $3"
+                "WITH RECURSIVE d(v) AS ( \
+                     SELECT MIN({column}) FROM bounces \
+                     UNION ALL \
+                     SELECT (SELECT MIN({column}) FROM bounces WHERE {column} > d.v) FROM d WHERE d.v IS NOT NULL \
+                 ) SELECT v FROM d WHERE v IS NOT NULL"
             ),
-            &[Param::Time(r.period.from), Param::Time(r.period.until), Param::Int(TOP as i64)],
+            &[],
         )
         .await?;
-    Ok(rows.into_iter().map(|(name, count)| Named { name, count }).collect())
+    Ok(rows.into_iter().map(|(v,)| v).collect())
 }
 
 /// Shorten a diagnostic for a table cell.
@@ -363,12 +435,24 @@ fn shorten(text: Option<String>) -> String {
 
 /// Addresses that hard-bounced in the period and whose latest event (of all time) is that hard bounce:
 /// the period's part of the `suppression_list` view, newest first.
-async fn suppression(r: &Reader<'_>) -> Result<Listing<SuppressRow>, DigestError> {
-    let latest_hard = "FROM bounces b WHERE b.hard_bounce AND b.bounced_at >= $1 AND b.bounced_at < $2 \
-         AND NOT EXISTS (SELECT 1 FROM bounces l WHERE l.recipient = b.recipient \
-                         AND (l.bounced_at > b.bounced_at OR (l.bounced_at = b.bounced_at AND l.id > b.id)))";
+///
+/// `hard_reasons` are the reasons with hard bounces in the period: naming them lets the query seek the
+/// `(reason, bounced_at, hard_bounce, recipient)` index instead of reading the period's rows.
+async fn suppression(r: &Reader<'_>, hard_reasons: &[&str]) -> Result<Listing<SuppressRow>, DigestError> {
+    if hard_reasons.is_empty() {
+        return Ok(Listing { total: 0, rows: Vec::new() });
+    }
+    let latest = "b.bounced_at >= $1 AND b.bounced_at < $2 AND b.hard_bounce \
+         AND NOT EXISTS (SELECT 1 FROM bounces l WHERE l.recipient = b.recipient AND l.bounced_at >= b.bounced_at \
+                         AND (l.bounced_at > b.bounced_at OR l.id > b.id))";
+    let reasons: Vec<String> = hard_reasons.iter().map(|reason| quote(reason)).collect();
+    // The count seeks each hard reason's range; the newest rows walk the time index backwards and stop at LIST.
     let total = r
-        .rows::<(i64,)>("the suppression list", &format!("SELECT COUNT(*) {latest_hard}"), &r.this_period())
+        .rows::<(i64,)>(
+            "the suppression list",
+            &format!("SELECT COUNT(*) FROM bounces b WHERE b.reason IN ({}) AND {latest}", reasons.join(", ")),
+            &r.this_period(),
+        )
         .await?
         .first()
         .map_or(0, |(n,)| *n);
@@ -376,7 +460,7 @@ async fn suppression(r: &Reader<'_>) -> Result<Listing<SuppressRow>, DigestError
         .rows(
             "the suppression list",
             &format!(
-                "SELECT b.recipient, b.reason, b.status, {t}, b.diagnostic {latest_hard} \
+                "SELECT b.recipient, b.reason, b.status, {t}, b.diagnostic FROM bounces b WHERE {latest} \
                  ORDER BY b.bounced_at DESC, b.id DESC LIMIT $3",
                 t = r.dialect.text("b.bounced_at")
             ),
@@ -398,35 +482,40 @@ async fn suppression(r: &Reader<'_>) -> Result<Listing<SuppressRow>, DigestError
 
 /// The SPF section: checks, results, failing sources (top and new), the outbox.
 async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
-    let counts: Vec<(i64, i64, i64, i64)> = r
+    // Range counts per result on the (result, checked_at, identity) index, for both periods.
+    let order = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
+    let rows: Vec<(String, i64, i64, i64)> = r
         .rows(
             "SPF checks",
             &format!(
-                "SELECT SUM(CASE WHEN checked_at >= $2 THEN 1 ELSE 0 END), SUM(CASE WHEN checked_at < $2 THEN 1 ELSE 0 END), \
-                        SUM(CASE WHEN checked_at >= $2 AND {SPF_FAILURE} THEN 1 ELSE 0 END), \
-                        SUM(CASE WHEN checked_at < $2 AND {SPF_FAILURE} THEN 1 ELSE 0 END) \
-                 FROM spf_checks WHERE checked_at >= $1 AND checked_at < $3 HAVING COUNT(*) > 0"
+                "SELECT v.column1, \
+                        (SELECT COUNT(*) FROM spf_checks WHERE result = v.column1 AND checked_at >= $2 AND checked_at < $3 \
+                         AND identity = 'mail_from'), \
+                        (SELECT COUNT(*) FROM spf_checks WHERE result = v.column1 AND checked_at >= $2 AND checked_at < $3 \
+                         AND identity = 'helo'), \
+                        (SELECT COUNT(*) FROM spf_checks WHERE result = v.column1 AND checked_at >= $1 AND checked_at < $2) \
+                 FROM {}",
+                values("v", &order)
             ),
             &r.both_periods(),
         )
         .await?;
-    let (checks, failures) = counts
-        .first()
-        .map_or((Trend::new(0, 0), Trend::new(0, 0)), |&(c, p, fc, fp)| (Trend::new(c, p), Trend::new(fc, fp)));
-
-    let results: Vec<(String, i64, i64)> = r
-        .rows(
-            "SPF results",
-            "SELECT result, SUM(CASE WHEN identity = 'mail_from' THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN identity = 'helo' THEN 1 ELSE 0 END) \
-             FROM spf_checks WHERE checked_at >= $1 AND checked_at < $2 GROUP BY result",
-            &r.this_period(),
-        )
-        .await?;
-    let order = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
-    let mut results: Vec<SpfResultRow> =
-        results.into_iter().map(|(result, mail_from, helo)| SpfResultRow { result, mail_from, helo }).collect();
-    results.sort_by_key(|row| order.iter().position(|o| *o == row.result).unwrap_or(order.len()));
+    let failing = ["fail", "softfail", "permerror"];
+    let (mut checks, mut failures) = ((0, 0), (0, 0));
+    let mut results: Vec<SpfResultRow> = Vec::new();
+    for (result, mail_from, helo, previous) in rows {
+        let failed = failing.contains(&result.as_str());
+        checks.0 += mail_from + helo;
+        checks.1 += previous;
+        if failed {
+            failures.0 += mail_from + helo;
+            failures.1 += previous;
+        }
+        if mail_from + helo > 0 {
+            results.push(SpfResultRow { result, mail_from, helo });
+        }
+    }
+    let (checks, failures) = (Trend::new(checks.0, checks.1), Trend::new(failures.0, failures.1));
 
     // The worst result per source: permerror > fail > softfail (by the MAX of a rank).
     let sources = |extra: &str| {
