@@ -119,7 +119,7 @@ fn a_corrupt_or_missing_model_file_is_an_error_naming_the_file() {
 
     let dir = copy_model();
     fs::write(dir.path().join("labels.json"), b"{ truncated").expect("write");
-    let err = classify::init(dir.path(), 0.5).err().expect("corrupt labels are refused");
+    let err = classify::init(dir.path(), 0.5).expect_err("corrupt labels are refused");
     assert!(err.to_string().contains("labels.json"), "{err}");
 
     let dir = copy_model();

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::features::{normalise, Feature, Layout, Signals};
+use super::features::{normalise, words, Feature, Layout, Signals};
 use super::{Classification, DecidedBy};
 
 /// File names inside a model directory.
@@ -295,9 +295,9 @@ impl Model {
     pub fn encode(&self, text: &str, signals: &Signals, names: bool) -> Encoded {
         let norm = normalise(text);
         let mut features = Vec::with_capacity(norm.len());
-        if let Ok(enc) = self.tokenizer.encode(norm.as_str(), false) {
-            self.layout.text_features(enc.get_tokens(), enc.get_ids(), self.unk, names, &mut features);
-        }
+        let words = words(&norm);
+        let ids: Vec<u32> = words.iter().map(|w| self.tokenizer.token_to_id(w).unwrap_or(self.unk)).collect();
+        self.layout.text_features(&words, &ids, self.unk, names, &mut features);
         let signals = signals
             .tokens()
             .into_iter()

@@ -23,7 +23,7 @@ use tokenizers::normalizers::{Lowercase, Sequence, NFKC};
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
-use super::features::{normalise, strip_codes, Layout, Signals, MAX_TEXT_CHARS};
+use super::features::{normalise, strip_codes, words, Layout, Signals, MAX_TEXT_CHARS};
 use super::model::{Label, Model, ModelConfig, Weights, UNK_TOKEN};
 
 /// One labelled training example.
@@ -156,7 +156,9 @@ pub fn build_tokenizer(texts: &[String], min_count: u64) -> Result<Tokenizer, Tr
             .build()
             .map_err(|e| TrainError::Tokenizer(e.to_string()))?,
     );
-    tokenizer.train(&mut trainer, texts.iter()).map_err(err)?;
+    // Train on the words as [`words`] splits them, so the vocabulary holds exactly what inference looks up.
+    let split: Vec<String> = texts.iter().map(|t| words(t).join(" ")).collect();
+    tokenizer.train(&mut trainer, split.iter()).map_err(err)?;
     Ok(tokenizer)
 }
 
@@ -220,9 +222,9 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let mut prepared = Vec::with_capacity(inputs.len());
     for (text, signals, label) in &inputs {
         let mut feats = Vec::new();
-        if let Ok(enc) = tokenizer.encode(text.as_str(), false) {
-            layout.text_features(enc.get_tokens(), enc.get_ids(), unk, false, &mut feats);
-        }
+        let ws = words(text);
+        let ids: Vec<u32> = ws.iter().map(|w| tokenizer.token_to_id(w).unwrap_or(unk)).collect();
+        layout.text_features(&ws, &ids, unk, false, &mut feats);
         prepared.push(Prepared {
             text_rows: feats.into_iter().map(|f| f.row).collect(),
             signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
