@@ -456,7 +456,9 @@ async fn suppression(r: &Reader<'_>, hard_reasons: &[&str]) -> Result<Listing<Su
         .await?
         .first()
         .map_or(0, |(n,)| *n);
-    let rows: Vec<(String, String, Option<String>, String, Option<String>)> = r
+    /// recipient, reason, status, bounced_at, diagnostic
+    type Row = (String, String, Option<String>, String, Option<String>);
+    let rows: Vec<Row> = r
         .rows(
             "the suppression list",
             &format!(
