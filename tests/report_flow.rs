@@ -25,7 +25,7 @@ use rebound::spf::config::PolicyMode;
 use rebound::spf::dns::{DnsOptions, DnsResolver, DnsServers};
 use rebound::spf::policy::{PolicyService, PolicySettings};
 use rebound::store::Store;
-use spf_support::{DnsServer, Rec, start, txt};
+use spf_support::{DnsServer, start, txt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
