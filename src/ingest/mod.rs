@@ -47,3 +47,20 @@ pub fn prepare(raw: Vec<u8>, source: String, envelope_from: Option<String>, enve
     });
     NewMessage { raw, sha256, source, parsed, classifications, envelope_from, envelope_to }
 }
+
+/// One step of reading a line of at most `room` bytes from a buffered reader's `available` bytes: appends up to and
+/// including the first LF (or `room` bytes) to `buf`; returns how many bytes to consume and whether an LF ended
+/// the line. Shared by the file readers and the LMTP session.
+pub(crate) fn take_line(available: &[u8], buf: &mut Vec<u8>, room: usize) -> (usize, bool) {
+    let window = &available[..available.len().min(room)];
+    match memchr::memchr(b'\n', window) {
+        Some(i) => {
+            buf.extend_from_slice(&window[..=i]);
+            (i + 1, true)
+        }
+        None => {
+            buf.extend_from_slice(window);
+            (window.len(), false)
+        }
+    }
+}

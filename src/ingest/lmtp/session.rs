@@ -197,17 +197,10 @@ async fn read_segment<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>
         if available.is_empty() {
             return Ok(total);
         }
-        let window = &available[..available.len().min(cap - total)];
-        if let Some(i) = memchr::memchr(b'\n', window) {
-            buf.extend_from_slice(&window[..=i]);
-            reader.consume(i + 1);
-            return Ok(total + i + 1);
-        }
-        let n = window.len();
-        buf.extend_from_slice(window);
+        let (n, line_ended) = crate::ingest::take_line(available, buf, cap - total);
         reader.consume(n);
         total += n;
-        if total >= cap {
+        if line_ended || total >= cap {
             return Ok(total);
         }
     }
