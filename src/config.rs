@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::digest::DigestConfig;
+use crate::metrics::MetricsConfig;
 use crate::report::config::{ReportSpfConfig, SmtpConfig};
 use crate::report::dkim::DkimKeyConfig;
 use crate::spf::config::SpfConfig;
@@ -67,6 +69,10 @@ pub struct Config {
     pub dkim: BTreeMap<String, DkimKeyConfig>,
     /// `[smtp]`: the relay reports go through.
     pub smtp: SmtpConfig,
+    /// `[digest]`: digests `serve` writes on a schedule.
+    pub digest: DigestConfig,
+    /// `[metrics]`: when the section is present, `serve` answers `/metrics` and `/healthz` on its address.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// `[report]`: outgoing reports.
@@ -214,6 +220,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
+        self.digest.validate().map_err(|e| invalid("digest", &e.to_string()))?;
+        if let Some(metrics) = &self.metrics {
+            metrics.validate().map_err(|e| invalid("metrics.listen", &e.to_string()))?;
+        }
         if let Some(spf) = &self.spf {
             spf.validate().map_err(|e| invalid("spf", &e.to_string()))?;
             self.report.spf.validate().map_err(|e| invalid("report.spf", &e.to_string()))?;
@@ -316,8 +326,14 @@ mod tests {
     fn shipped_config_file_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rebound.toml");
         let c = Config::load(&path).unwrap();
-        let defaults = Config { spf: Some(SpfConfig::default()), ..Config::default() };
-        assert_eq!(c, defaults, "config/rebound.toml should spell out the defaults");
+        let digest = DigestConfig {
+            schedule: "daily 07:00".parse().unwrap(),
+            out_dir: Some(PathBuf::from("digests")),
+            ..DigestConfig::default()
+        };
+        let defaults =
+            Config { spf: Some(SpfConfig::default()), metrics: Some(MetricsConfig::default()), digest, ..Config::default() };
+        assert_eq!(c, defaults, "config/rebound.toml should spell out the defaults (and a daily digest)");
     }
 
     #[test]

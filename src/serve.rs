@@ -29,6 +29,9 @@ pub enum ServeError {
     /// The SPF side (policy server, report writer and sender) could not start.
     #[error("cannot start the SPF policy server: {0}")]
     Spf(#[source] crate::spf::server::StartError),
+    /// The metrics address could not be bound.
+    #[error("cannot start the metrics server: {0}")]
+    Metrics(#[source] crate::metrics::MetricsError),
     /// The database could not be opened or migrated.
     #[error("cannot open database {url}: {source}")]
     Database {
@@ -95,6 +98,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             None
         }
     };
+    let metrics_task = match &config.metrics {
+        Some(metrics) => {
+            let listener = crate::metrics::bind(metrics).await.map_err(ServeError::Metrics)?;
+            tracing::info!("metrics on http://{}/metrics and /healthz", metrics.listen);
+            Some(tokio::spawn(crate::metrics::serve(listener, Some(store.clone()), signalled(shutdown.clone()))))
+        }
+        None => None,
+    };
+    let digest_store = store.clone();
+    let digest_config = config.digest.clone();
+    let digest_shutdown = signalled(shutdown.clone());
+    let digest_task = tokio::spawn(async move {
+        if let Err(e) = crate::digest::schedule::run(digest_store, digest_config, digest_shutdown).await {
+            tracing::error!(error = %e, "the digest schedule stopped");
+        }
+    });
     let (writer, writer_task) = Writer::spawn(store, config.ingest.max_batch, config.ingest.commit_delay);
 
     let lmtp = config.ingest.lmtp.clone();
@@ -116,6 +135,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             Err(_) => tracing::warn!("an SPF task did not stop within the shutdown grace"),
         }
     }
+    for task in [Some(digest_task), metrics_task].into_iter().flatten() {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!("the digest schedule or metrics server did not stop within the shutdown grace");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A future that resolves once `shutdown` turns true (or its sender is gone).
+async fn signalled(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -164,7 +164,14 @@ struct Stats {
 async fn commit(store: &Store, messages: &mut Vec<NewMessage>, replies: &mut Vec<Reply>) {
     let started = Instant::now();
     let results: Vec<Result<SaveOutcome, WriteError>> = match save(store, messages).await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Ok(outcomes) => {
+            for (message, outcome) in messages.iter().zip(&outcomes) {
+                if matches!(outcome, SaveOutcome::Stored { .. }) {
+                    crate::metrics::record_parsed(&message.parsed, &message.classifications);
+                }
+            }
+            outcomes.into_iter().map(Ok).collect()
+        }
         Err(e) => {
             tracing::error!(error = %e, batch = messages.len(), "cannot store messages; answering with a temporary failure");
             (0..messages.len()).map(|_| Err(e.clone())).collect()

@@ -431,6 +431,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
 
     /// Store one message and answer once per recipient.
     async fn deliver(&mut self, raw: Vec<u8>) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
         let from = self.from.clone().filter(|f| !f.is_empty());
         let to = self.recipients.clone();
         let message = if raw.len() <= PARSE_INLINE_MAX {
@@ -459,6 +460,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
         for rcpt in &self.recipients {
             self.out.write_all(format!("{code} <{rcpt}> {text}\r\n").as_bytes()).await?;
         }
+        crate::metrics::observe_lmtp(started.elapsed());
         Ok(())
     }
 }
