@@ -92,7 +92,7 @@ PermError_reject = False\nTempError_Defer = False\nskip_addresses = 127.0.0.0/8,
 /// (pass MAIL FROM); a distinct instance each, so nothing is answered from a transaction memory.
 fn request(i: usize) -> String {
     let n = i % DOMAINS + 1;
-    let ip = if i % 4 == 0 { format!("198.51.100.{n}") } else { format!("192.0.2.{n}") };
+    let ip = if i.is_multiple_of(4) { format!("198.51.100.{n}") } else { format!("192.0.2.{n}") };
     format!(
         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nclient_address={ip}\n\
          client_name=unknown\nhelo_name=mail{n}.client.test\nsender=user{i}@d{n}.bench.test\n\

@@ -18,6 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// One `spf_checks` row as the test reads it: client_ip, identity, domain, result, mechanism, action.
+type CheckRow = (String, String, String, String, Option<String>, Option<String>);
+
 async fn zone() -> DnsServer {
     start(&[
         ("example.com", txt("v=spf1 ip4:192.0.2.0/24 -all")),
@@ -180,7 +183,7 @@ async fn every_check_is_stored_in_spf_checks() {
     c.ask("RCPT", "203.0.113.7", "mail.example.com", "someone@example.com", "f1").await;
     c.ask("RCPT", "192.0.2.10", "mail.example.com", "", "f2").await;
     let pool = store.sqlite_pool().unwrap();
-    let mut rows: Vec<(String, String, String, String, Option<String>, Option<String>)> = Vec::new();
+    let mut rows: Vec<CheckRow> = Vec::new();
     for _ in 0..50 {
         rows = sqlx::query_as(
             "SELECT client_ip, identity, domain, result, mechanism, action FROM spf_checks ORDER BY id",

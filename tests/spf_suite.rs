@@ -20,10 +20,10 @@ fn harness() -> Result<(PathBuf, &'static str), String> {
         return Err(format!("{SUITE} is absent (apt-get install python3-spf)"));
     }
     for python in ["/usr/bin/python3", "python3"] {
-        if let Ok(o) = Command::new(python).args(["-c", "import dnslib, yaml"]).output() {
-            if o.status.success() {
-                return Ok((path, python));
-            }
+        if let Ok(o) = Command::new(python).args(["-c", "import dnslib, yaml"]).output()
+            && o.status.success()
+        {
+            return Ok((path, python));
         }
     }
     Err("no python3 can import dnslib and yaml (apt-get install python3-dnslib python3-yaml)".into())

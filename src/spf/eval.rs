@@ -295,10 +295,10 @@ impl<'a, R: Resolver> Evaluation<'a, R> {
         }
         let mut out = Vec::new();
         for name in ptr.records().iter().take(MAX_NAMES_PER_LOOKUP) {
-            if let Some(t) = target {
-                if !is_same_or_under(name, t) {
-                    continue;
-                }
+            if let Some(t) = target
+                && !is_same_or_under(name, t)
+            {
+                continue;
             }
             let confirmed = match self.params.ip {
                 IpAddr::V4(v4) => matches!(self.resolver.a(name).await, Ok(a) if a.records().contains(&v4)),

@@ -278,6 +278,7 @@ macro_rules! spf_functions {
                 .collect())
         }
 
+        #[allow(clippy::too_many_arguments)] // one bound parameter each, inside a per-backend macro
         pub(super) async fn finish(
             conn: &mut <$db as sqlx::Database>::Connection,
             id: i64,
