@@ -137,6 +137,14 @@ async fn strict_rejects_fail_and_defers_temperror() {
     let mut c = Client::connect(helo_strict).await;
     let helo_fail = c.ask("RCPT", "203.0.113.7", "mail.example.com", "", "c1").await;
     assert!(helo_fail.starts_with("550 5.7.23 SPF fail for HELO postmaster@mail.example.com"), "{helo_fail}");
+    // The checks and their latency reach /metrics (other tests in this process only add to the counts).
+    let metrics = rebound::metrics::render();
+    let count = |line: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(line)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    };
+    assert!(count("rebound_spf_results_total{identity=\"mail_from\",result=\"fail\"}") >= 1, "{metrics}");
+    assert!(count("rebound_spf_results_total{identity=\"mail_from\",result=\"temperror\"}") >= 1, "{metrics}");
+    assert!(count("rebound_policy_duration_seconds_count") >= 4, "{metrics}");
 }
 
 #[tokio::test]

@@ -247,6 +247,13 @@ impl<R: Resolver + 'static> PolicyService<R> {
         let shown = mail_check.as_ref().or(helo_check.as_ref());
         let received_spf = shown.map(|c| headers::received_spf(c, ip, helo, receiver)).unwrap_or_default();
         let checks: Vec<&IdentityCheck> = helo_check.iter().chain(mail_check.iter()).collect();
+        for check in &checks {
+            let identity = match check.identity {
+                super::Identity::Helo => "helo",
+                super::Identity::MailFrom => "mail_from",
+            };
+            crate::metrics::spf_result(identity, check.result().as_str());
+        }
         let authentication_results = headers::authentication_results(&self.settings.auth_serv_id, &checks);
 
         let rejection = [(helo_check.as_ref(), self.settings.helo), (mail_check.as_ref(), self.settings.mail_from)]
@@ -319,7 +326,9 @@ impl<R: Resolver + 'static> PolicyService<R> {
             let Some(req) = read_request(&mut reader, self.idle_timeout, self.request_timeout).await? else {
                 return Ok(());
             };
+            let started = std::time::Instant::now();
             let action = self.decide(&req).await;
+            crate::metrics::observe_policy(started.elapsed());
             let mut out = String::with_capacity(256);
             out.push_str("action=");
             out.push_str(&action.to_action());
