@@ -17,6 +17,7 @@ use mail_builder::headers::text::Text;
 use mail_builder::mime::{BodyPart, MimePart};
 
 use crate::spf::IdentityCheck;
+use crate::spf::headers::{printable, quoted};
 
 /// Everything one report says.
 #[derive(Debug, Clone)]
@@ -45,22 +46,22 @@ pub struct FailureReport<'a> {
 pub fn build(report: &FailureReport<'_>, from_name: &str, from_address: &str, to: &str, subject: &str) -> Vec<u8> {
     let outcome = &report.check.outcome;
     let mechanism = outcome.decision.as_ref().map(|d| d.mechanism.as_str()).unwrap_or("(none)");
-    let mail_from = if report.original_mail_from.is_empty() { "<>".to_string() } else { format!("<{}>", clean(report.original_mail_from)) };
-    let rcpts: Vec<String> = report.original_rcpt_to.iter().map(|r| format!("<{}>", clean(r))).collect();
+    let mail_from = if report.original_mail_from.is_empty() { "<>".to_string() } else { format!("<{}>", printable(report.original_mail_from)) };
+    let rcpts: Vec<String> = report.original_rcpt_to.iter().map(|r| format!("<{}>", printable(r))).collect();
     let spf_dns: Vec<String> =
-        outcome.records.iter().map(|r| format!("txt : {} : {}", clean(&r.domain), quoted(&r.record))).collect();
-    let domain = clean(&outcome.domain);
+        outcome.records.iter().map(|r| format!("txt : {} : {}", printable(&r.domain), quoted(&r.record))).collect();
+    let domain = printable(&outcome.domain);
 
     let mut feedback = Feedback::new(FeedbackType::AuthFailure)
         .with_version(1)
         .with_auth_failure(AuthFailureType::Spf)
         .with_arrival_date(report.arrival.timestamp())
-        .with_reporting_mta(clean(report.reporting_mta))
+        .with_reporting_mta(printable(report.reporting_mta))
         .with_user_agent(format!("rebound/{}", env!("CARGO_PKG_VERSION")))
         .with_source_ip(report.source_ip.to_canonical())
         .with_original_mail_from(mail_from.clone())
         .with_reported_domain(domain.clone())
-        .with_authentication_results(clean(report.authentication_results))
+        .with_authentication_results(printable(report.authentication_results))
         .with_identity_alignment(IdentityAlignment::None)
         .with_delivery_result(if report.rejected { DeliveryResult::Reject } else { DeliveryResult::Delivered });
     if let Some(first) = spf_dns.first() {
@@ -87,15 +88,15 @@ pub fn build(report: &FailureReport<'_>, from_name: &str, from_address: &str, to
         ip = report.source_ip.to_canonical(),
         date = report.arrival.to_rfc2822(),
         identity = report.check.identity.as_str(),
-        sender = clean(&report.check.sender),
+        sender = printable(&report.check.sender),
         result = outcome.result,
-        mechanism = clean(mechanism),
+        mechanism = printable(mechanism),
     );
     if let Some(d) = &outcome.decision {
-        text.push_str(&format!("Record of {}: {}\r\n", clean(&d.domain), clean(&d.record)));
+        text.push_str(&format!("Record of {}: {}\r\n", printable(&d.domain), printable(&d.record)));
     }
     if let Some(e) = &outcome.explanation {
-        text.push_str(&format!("Explanation published by the domain: {}\r\n", clean(e)));
+        text.push_str(&format!("Explanation published by the domain: {}\r\n", printable(e)));
     }
     text.push_str(&format!(
         "\r\nThe message was {}.\r\nYou receive this report because the SPF record of {domain} asks for it (RFC 6652 ra=).\r\n",
@@ -104,7 +105,7 @@ pub fn build(report: &FailureReport<'_>, from_name: &str, from_address: &str, to
     let text = fold_lines(&text);
     let mut header_block = String::new();
     for h in report.headers {
-        header_block.push_str(&clean(h));
+        header_block.push_str(&printable(h));
         header_block.push_str("\r\n");
     }
     let header_block = fold_lines(&header_block);
@@ -120,11 +121,11 @@ pub fn build(report: &FailureReport<'_>, from_name: &str, from_address: &str, to
                 .transfer_encoding("7bit"),
         );
     }
-    let id = format!("{}.{}@{}", report.arrival.timestamp_micros(), rand::random::<u64>(), clean(report.reporting_mta));
+    let id = format!("{}.{}@{}", report.arrival.timestamp_micros(), rand::random::<u64>(), printable(report.reporting_mta));
     MessageBuilder::new()
-        .from(Address::new_address(Some(clean(from_name)).filter(|n| !n.is_empty()), clean(from_address)))
-        .to(Address::new_address(None::<String>, clean(to)))
-        .subject(Text::new(clean(subject)))
+        .from(Address::new_address(Some(printable(from_name)).filter(|n| !n.is_empty()), printable(from_address)))
+        .to(Address::new_address(None::<String>, printable(to)))
+        .subject(Text::new(printable(subject)))
         .message_id(id)
         .header("Auto-Submitted", HeaderType::Text("auto-generated".into()))
         .body(MimePart::new(
@@ -133,23 +134,6 @@ pub fn build(report: &FailureReport<'_>, from_name: &str, from_address: &str, to
         ))
         .write_to_vec()
         .unwrap_or_default()
-}
-
-/// Printable ASCII only (what came from DNS or the client could hold anything).
-fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
-}
-
-fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in clean(s).chars() {
-        if matches!(c, '"' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 /// Folds every CRLF line longer than 78 characters at spaces (continuation lines start with a space), and

@@ -66,8 +66,8 @@ pub fn authentication_results(auth_serv_id: &str, checks: &[&IdentityCheck]) -> 
     out
 }
 
-/// Replaces control characters and non-ASCII with `?`.
-fn printable(s: &str) -> String {
+/// Replaces control characters and non-ASCII with `?` (what came from DNS or a client could hold anything).
+pub(crate) fn printable(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
 }
 
@@ -82,8 +82,8 @@ fn clean_comment(s: &str) -> String {
     out
 }
 
-/// RFC 5322 quoted-string.
-fn quoted(s: &str) -> String {
+/// RFC 5322 quoted-string of the [`printable`] text.
+pub(crate) fn quoted(s: &str) -> String {
     let mut out = String::from("\"");
     for c in printable(s).chars() {
         if matches!(c, '"' | '\\') {
