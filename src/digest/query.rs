@@ -316,16 +316,13 @@ async fn groups(r: &Reader<'_>, column: &str, what: &'static str) -> Result<(Vec
         .rows(
             what,
             &format!(
-                "WITH RECURSIVE d(v) AS ( \
-                     SELECT MIN({column}) FROM bounces \
-                     UNION ALL \
-                     SELECT (SELECT MIN({column}) FROM bounces WHERE {column} > d.v) FROM d WHERE d.v IS NOT NULL \
-                 ) \
+                "{} \
                  SELECT v, n, seen FROM ( \
                      SELECT v, (SELECT COUNT(*) FROM bounces WHERE {column} = d.v AND bounced_at >= $1 AND bounced_at < $2) AS n, \
                             EXISTS (SELECT 1 FROM bounces WHERE {column} = d.v AND bounced_at < $1) AS seen \
                      FROM d WHERE v IS NOT NULL \
-                 ) AS x WHERE n > 0"
+                 ) AS x WHERE n > 0",
+                loose_scan(column)
             ),
             &r.this_period(),
         )
@@ -407,17 +404,23 @@ async fn distinct_values(r: &Reader<'_>, column: &str, what: &'static str) -> Re
     let rows: Vec<(String,)> = r
         .rows(
             what,
-            &format!(
-                "WITH RECURSIVE d(v) AS ( \
-                     SELECT MIN({column}) FROM bounces \
-                     UNION ALL \
-                     SELECT (SELECT MIN({column}) FROM bounces WHERE {column} > d.v) FROM d WHERE d.v IS NOT NULL \
-                 ) SELECT v FROM d WHERE v IS NOT NULL"
-            ),
+            &format!("{} SELECT v FROM d WHERE v IS NOT NULL", loose_scan(column)),
             &[],
         )
         .await?;
     Ok(rows.into_iter().map(|(v,)| v).collect())
+}
+
+/// `WITH RECURSIVE d(v)`: every distinct value of an indexed `column` of `bounces`, one index seek per value
+/// (a loose index scan) instead of a read of every row; the last `v` is NULL.
+fn loose_scan(column: &str) -> String {
+    format!(
+        "WITH RECURSIVE d(v) AS ( \
+             SELECT MIN({column}) FROM bounces \
+             UNION ALL \
+             SELECT (SELECT MIN({column}) FROM bounces WHERE {column} > d.v) FROM d WHERE d.v IS NOT NULL \
+         )"
+    )
 }
 
 /// Shorten a diagnostic for a table cell.
