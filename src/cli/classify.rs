@@ -29,7 +29,7 @@ pub enum Format {
 JSON fields: file, kind (dsn|bounce|arf|autoreply|unparsed), recipient, action, status, reply_code, \
 diagnostic, reason, hard_bounce, confidence, decided_by; `index` for messages of an mbox file and \
 `parse_error` when there is one. A message without recipients gives one line with recipient null. With \
---text: one line with `diagnostic` the text and the classification (the other fields null).
+--text: one line with `diagnostic` the text, the reply code and status read from it, and the classification.
 Exit 65 when a file cannot be read or is over the size limit (the others are still printed).
 
 Examples:
@@ -144,14 +144,15 @@ fn write_json(out: &mut impl Write, row: &Row) -> io::Result<()> {
 /// The row of one bare diagnostic text.
 fn text_row(text: &str, explain: bool) -> Row {
     let c = classify::classify_text(text);
+    let signals = classify::recipient_of_text(text);
     Row {
         file: None,
         index: None,
         kind: None,
         recipient: None,
         action: None,
-        status: None,
-        reply_code: None,
+        status: signals.status,
+        reply_code: signals.reply_code,
         diagnostic: Some(text.to_string()),
         reason: Some(c.reason.clone()),
         hard_bounce: Some(c.hard_bounce),
