@@ -13,12 +13,12 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, Utc};
 use rebound::cli::digest::{DigestArgs, run};
 use rebound::digest::{self, Digest, Format, Period, Since, render};
-use rebound::store::{Backend, NewMessage, Store, redact_url};
+use rebound::store::{Backend, NewMessage, Store};
 use sha2::{Digest as _, Sha256};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor};
 
-const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
+mod common;
+
+use common::db::{TestDb, execute, scalar};
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
@@ -28,76 +28,6 @@ fn corpus() -> Option<PathBuf> {
         eprintln!("skipping: {} is absent (the shared corpus is read, never copied)", dir.display());
         None
     }
-}
-
-/// A migrated store and what keeps it alive.
-struct TestDb {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((url, name)) = self.schema.take() else { return };
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                conn.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("warning: could not drop a test schema");
-        }
-    }
-}
-
-async fn sqlite() -> TestDb {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", dir.path().join("rebound.db").display());
-    TestDb { store: Store::open(&url).await.expect("open SQLite"), _dir: Some(dir), schema: None }
-}
-
-async fn postgres(test: &str) -> Option<TestDb> {
-    let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipping Postgres variant of {test}: {POSTGRES_ENV} is not set");
-        return None;
-    };
-    let name = format!("rebound_digest_{}_{test}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={} is set but unreachable: {e}", redact_url(&url)));
-    admin.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.expect("drop old schema");
-    admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.expect("create schema");
-    let options = PgConnectOptions::from_str(&url).expect("URL").options([("search_path", &name)]);
-    let store = Store::connect_postgres(options).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some(TestDb { store, _dir: None, schema: Some((url, name)) })
-}
-
-/// Run `$body` with `$pool` bound to the store's pool, whichever backend it is.
-macro_rules! with_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        if let Some($pool) = $store.sqlite_pool() {
-            $body
-        } else if let Some($pool) = $store.postgres_pool() {
-            $body
-        } else {
-            unreachable!("a store has one of the two pools")
-        }
-    };
-}
-
-async fn scalar(store: &Store, sql: &str) -> i64 {
-    with_pool!(store, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn execute(store: &Store, sql: &str) {
-    with_pool!(store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// A time as an SQL literal of the backend.
@@ -327,7 +257,7 @@ fn check_rendering(d: &Digest) -> String {
 #[tokio::test]
 async fn corpus_digest_on_sqlite() {
     let Some(corpus) = corpus() else { return };
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;
@@ -338,7 +268,7 @@ async fn corpus_digest_on_sqlite() {
 #[tokio::test]
 async fn corpus_digest_on_postgres() {
     let Some(corpus) = corpus() else { return };
-    let Some(db) = postgres("corpus").await else { return };
+    let Some(db) = TestDb::postgres("corpus").await else { return };
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;
@@ -362,18 +292,18 @@ async fn empty_database_gives_a_friendly_digest(db: &TestDb) {
 
 #[tokio::test]
 async fn empty_database_on_sqlite() {
-    empty_database_gives_a_friendly_digest(&sqlite().await).await;
+    empty_database_gives_a_friendly_digest(&TestDb::sqlite().await).await;
 }
 
 #[tokio::test]
 async fn empty_database_on_postgres() {
-    let Some(db) = postgres("empty").await else { return };
+    let Some(db) = TestDb::postgres("empty").await else { return };
     empty_database_gives_a_friendly_digest(&db).await;
 }
 
 #[tokio::test]
 async fn quiet_period_in_a_database_with_data_says_so() {
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     add_spf(&db.store).await;
     // The 24 hours that ended 10 days ago: the SPF checks are all later.
     let until = Utc::now() - Duration::days(10);
@@ -415,7 +345,7 @@ async fn html_digest_renders_in_headless_chromium() {
         return;
     }
     let Some(corpus) = corpus() else { return };
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;

@@ -2,12 +2,16 @@
 //! database look-ups with sqlx, and fresh Postgres schemas when `REBOUND_TEST_POSTGRES_URL` is set.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod db;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor};
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -298,31 +302,40 @@ impl Drop for PgSchema {
     fn drop(&mut self) {
         let (base, schema) = (self.base.clone(), self.schema.clone());
         // On its own thread: this may run inside a test's runtime.
-        let _ = std::thread::spawn(move || {
+        let dropped = std::thread::spawn(move || {
             block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&base).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await;
-                    pool.close().await;
-                }
+                let mut conn = sqlx::PgConnection::connect(&base).await.ok()?;
+                // A failed test may leave a transaction of its own holding locks: give up rather than hang.
+                conn.execute("SET lock_timeout = '5s'").await.ok()?;
+                conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str()).await.ok()
             })
         })
         .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: could not drop test schema {}", self.schema);
+        }
     }
 }
 
 /// A new, empty Postgres schema; `None` (with the reason printed) when `REBOUND_TEST_POSTGRES_URL` is not
 /// set. Declare it before a [`Server`] using it, so the server stops before the schema is dropped.
 pub fn postgres_schema(test: &str) -> Option<PgSchema> {
+    block_on(create_postgres_schema(test))
+}
+
+/// [`postgres_schema`] for async tests.
+pub async fn create_postgres_schema(test: &str) -> Option<PgSchema> {
     let Ok(base) = std::env::var("REBOUND_TEST_POSTGRES_URL") else {
         eprintln!("skipping the Postgres part of {test}: REBOUND_TEST_POSTGRES_URL is not set");
         return None;
     };
-    let schema = format!("ingest_{}_{}_{}", test, std::process::id(), rand_suffix());
-    block_on(async {
-        let pool = sqlx::PgPool::connect(&base).await.expect("cannot connect to REBOUND_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
-        pool.close().await;
-    });
+    // Unique and within Postgres' 63-byte identifier limit: the test's name cut short, process id, a random suffix.
+    let short: String = test.chars().take(30).collect::<String>().to_ascii_lowercase();
+    let schema = format!("t_{short}_{}_{}", std::process::id(), rand_suffix());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("REBOUND_TEST_POSTGRES_URL={} is set but unreachable: {e}", rebound::store::redact_url(&base)));
+    admin.execute(format!("CREATE SCHEMA {schema}").as_str()).await.expect("create test schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options[search_path]={schema}");
     Some(PgSchema { url, base, schema })
