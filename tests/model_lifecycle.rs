@@ -377,3 +377,53 @@ fn only_one_process_retrains_at_a_time_on_postgres() {
     let out = ok(train_with(&cfg, Some("1"), None, &[]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not promoted"), "{}", text(&out));
 }
+
+#[test]
+fn serve_retrains_on_its_schedule_and_switches_to_a_better_model() {
+    on_both_backends("serve_retrains", |dir, url| {
+        // A smaller built-in corpus than the repository's keeps the debug-build training short.
+        let repository = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus/diagnostics.jsonl")).unwrap();
+        let corpus = dir.join("corpus.jsonl");
+        std::fs::write(&corpus, repository.lines().take(200).collect::<Vec<_>>().join("\n")).unwrap();
+        let category = "[[classify.categories]]\nname = \"partner-allow-list\"\n";
+        let cfg = config(dir, url, category);
+        let bounces: Vec<(String, &str, String)> =
+            allow_list_texts(8, 0).into_iter().enumerate().map(|(i, t)| (format!("s{i}@example.net"), "5.7.1", t)).collect();
+        for id in ingest(dir, url, &bounces) {
+            ok(rebound(&["label", "--config", cfg.to_str().unwrap(), &id.to_string(), "partner-allow-list"]));
+        }
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let classify = format!(
+            "\n[classify]\nmodel = \"{}\"\nretrain_schedule = \"every 1s\"\nmin_new_labels = 8\ntrain_corpus = \"{}\"\n{category}",
+            models.display(),
+            corpus.display()
+        );
+        let server = common::Server::launch(dir, url, "", &classify, "rebound=info");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while scalar(url, "SELECT COUNT(*) FROM model_versions") == 0 {
+            assert!(Instant::now() < deadline, "no retraining within 600 s; log:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(active_version(url) > 0, "the candidate is promoted; log:\n{}", server.log());
+        // Wait for the log line that follows the install, then deliver a bounce of the new category.
+        while !server.log().contains("retrained from the labels") {
+            assert!(Instant::now() < deadline, "log:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let unseen = "550 5.7.1 Your domain is not on the partner allow list of Initech; ask postmaster@initech.example \
+                      to add you to their partner allow list";
+        let mut client = common::Client::ready(server.addr);
+        let replies = client.deliver("", &["bounces@example.com"], dsn("new@example.net", "5.7.1", unseen).as_bytes());
+        assert_eq!(replies[0].code, 250, "{replies:?}");
+        assert_eq!(
+            scalar(url, "SELECT COUNT(*) FROM bounces WHERE recipient = 'new@example.net' AND reason = 'partner-allow-list' \
+                         AND decided_by = 'model'"),
+            1,
+            "log:\n{}",
+            server.log()
+        );
+        // With no new labels it does not train again.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(scalar(url, "SELECT COUNT(*) FROM model_versions"), 1, "log:\n{}", server.log());
+    });
+}

@@ -105,7 +105,10 @@ pub async fn list(args: ListArgs) -> Result<i32, Failure> {
     let config = args.db.resolve()?;
     let store = open(&config).await?;
     let versions = store.model_versions().await.map_err(Failure::temporary)?;
-    println!("{:>1} {:>4}  {:<19}  {:>6} {:>5} {:>9} {:>9}  {}", "", "id", "created (UTC)", "labels", "held", "candidate", "current", "trained on / decision");
+    println!(
+        "{:>1} {:>4}  {:<19}  {:>6} {:>5} {:>9} {:>9}  trained on / decision",
+        "", "id", "created (UTC)", "labels", "held", "candidate", "current"
+    );
     for v in &versions {
         let m: Option<Metrics> = serde_json::from_str(&v.metrics_json).ok();
         let mark = if v.active { "*" } else { " " };
