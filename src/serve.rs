@@ -96,8 +96,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     })?;
     let retrain_task = tokio::spawn(lifecycle::run_schedule(
         store.clone(),
+        config.classify.clone(),
         retrain_options(config.classify.clone()),
-        config.classify.retrain_schedule,
         loaded,
         signalled(shutdown.clone()),
     ));

@@ -602,8 +602,8 @@ async fn retrain_locked(store: &Store, opts: RetrainOptions) -> Result<Outcome, 
 
     let (promoted, decision) = if held.is_empty() {
         (false, format!(
-            "not promoted: no label could be held back to compare with {source} (a reason needs at least 2 \
-             labelled bounces, a custom category {})",
+            "not promoted: no label could be held back to compare with {source} (a reason needs at least 5 \
+             labelled bounces with different texts, a custom category {})",
             MIN_CATEGORY_EXAMPLES + 1
         ))
     } else if candidate_accuracy >= current_accuracy {
@@ -680,24 +680,49 @@ pub async fn rollback(store: &Store, config: &ClassifyConfig, to: Option<i64>) -
     }
 }
 
-/// `serve`'s self-update loop: at every due time of `schedule`, reload the active model if another process
+/// `serve`'s self-update loop: at every due time of `[classify] retrain_schedule`, reload the active model if another process
 /// changed it (a rollback, a `model train --from-db`), then retrain when at least `min_new_labels` new labels
 /// exist, installing the candidate when it is promoted. Failures are logged; the loop goes on until
 /// `shutdown` resolves. Returns at once when the schedule is off.
 pub async fn run_schedule(
     store: Store,
+    classify: ClassifyConfig,
     make_options: impl Fn() -> Result<RetrainOptions, LifecycleError>,
-    schedule: RetrainSchedule,
     mut loaded: ModelSource,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        let Some(due) = schedule.next_after(Utc::now()) else { return };
+        let Some(due) = classify.retrain_schedule.next_after(Utc::now()) else { return };
         let wait = (due - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(wait) => {}
+        }
+        let active = store.model_versions().await.map(|vs| vs.into_iter().find(|v| v.active).map(|v| v.id));
+        let expected = match &loaded {
+            ModelSource::Version(id) => Some(*id),
+            _ => None,
+        };
+        match active {
+            Ok(active) if active != expected => match install_active(&store, &classify).await {
+                Ok(source) => loaded = source,
+                Err(e) => tracing::error!(error = %e, "the active model changed but cannot be loaded; keeping {loaded}"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the model versions"),
+        }
+        // Count first: reading the corpus is not worth it when there is nothing new to learn.
+        match new_label_count(&store).await {
+            Ok(new) if new < classify.min_new_labels => {
+                tracing::debug!(new, needed = classify.min_new_labels, "not enough new labels to retrain");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count the new labels");
+                continue;
+            }
         }
         let options = match make_options() {
             Ok(o) => o,
@@ -706,20 +731,6 @@ pub async fn run_schedule(
                 continue;
             }
         };
-        let active = store.model_versions().await.map(|vs| vs.into_iter().find(|v| v.active).map(|v| v.id));
-        let expected = match &loaded {
-            ModelSource::Version(id) => Some(*id),
-            _ => None,
-        };
-        match active {
-            Ok(active) if active != expected => match install_active(&store, &options.classify).await {
-                Ok(source) => loaded = source,
-                Err(e) => tracing::error!(error = %e, "the active model changed but cannot be loaded; keeping {loaded}"),
-            },
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot read the model versions"),
-        }
-        let min_confidence = options.classify.min_confidence;
         match retrain(&store, options).await {
             Ok(Outcome::Busy) => tracing::info!("another process is retraining; skipped"),
             Ok(Outcome::NotEnoughLabels { new, needed }) => {
@@ -728,7 +739,7 @@ pub async fn run_schedule(
             Ok(Outcome::Trained { version, metrics, model }) => {
                 tracing::info!(version, decision = %metrics.decision, "retrained from the labels");
                 if metrics.promoted {
-                    super::install(Arc::from(model), min_confidence);
+                    super::install(Arc::from(model), classify.min_confidence);
                     loaded = ModelSource::Version(version);
                 }
             }
