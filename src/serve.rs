@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::classify::lifecycle;
 use crate::config::Config;
 use crate::ingest::lmtp;
 use crate::ingest::writer::Writer;
@@ -23,9 +24,9 @@ pub enum ServeError {
     /// The signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
-    /// The model of `[classify]` exists but cannot be loaded.
+    /// The model (the active database version, else the directory of `[classify]`) cannot be loaded.
     #[error("cannot load the model: {0}")]
-    Model(#[source] crate::classify::ModelError),
+    Model(#[source] crate::classify::lifecycle::LifecycleError),
     /// The SPF side (policy server, report writer and sender) could not start.
     #[error("cannot start the SPF policy server: {0}")]
     Spf(#[source] crate::spf::server::StartError),
@@ -78,7 +79,6 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>, ServeError> {
 /// Run the service until `shutdown` turns true; returns once every message in flight is answered (or the
 /// grace period is over) and the writer has committed what it was given.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
-    crate::ingest::install_model(&config.classify).map_err(ServeError::Model)?;
     let url = &config.database.url;
     let store = tokio::select! {
         opened = Store::open(url) => opened.map_err(|source| ServeError::Database { url: redact_url(url), source })?,
@@ -88,6 +88,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         }
     };
     tracing::info!(database = %redact_url(url), "database open");
+    let database_error = |source| ServeError::Database { url: redact_url(url), source };
+    lifecycle::sync_categories(&store, &config.classify.categories).await.map_err(database_error)?;
+    let loaded = lifecycle::install_active(&store, &config.classify).await.map_err(|e| match e {
+        lifecycle::LifecycleError::Store(source) => database_error(source),
+        e => ServeError::Model(e),
+    })?;
+    let retrain_task = tokio::spawn(lifecycle::run_schedule(
+        store.clone(),
+        config.classify.clone(),
+        retrain_options(config.classify.clone()),
+        loaded,
+        signalled(shutdown.clone()),
+    ));
     let spf = match &config.spf {
         Some(spf) => {
             let sections = SpfSections { spf, report: &config.report.spf, dkim: &config.dkim, smtp: &config.smtp };
@@ -140,8 +153,26 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             tracing::warn!("the digest schedule or metrics server did not stop within the shutdown grace");
         }
     }
+    // A retraining in progress is abandoned (nothing is recorded before it ends).
+    retrain_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What each scheduled retraining starts from: `[classify] train_corpus`, read afresh, and the default
+/// hyper-parameters (fixed seed).
+fn retrain_options(
+    classify: crate::config::ClassifyConfig,
+) -> impl Fn() -> Result<lifecycle::RetrainOptions, lifecycle::LifecycleError> {
+    move || {
+        Ok(lifecycle::RetrainOptions {
+            base: lifecycle::base_examples(&classify.train_corpus, None, false)?,
+            base_name: classify.train_corpus.display().to_string(),
+            train: crate::classify::train::TrainConfig::default(),
+            classify: classify.clone(),
+            min_new_labels: classify.min_new_labels,
+        })
+    }
 }
 
 /// A future that resolves once `shutdown` turns true (or its sender is gone).

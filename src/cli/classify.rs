@@ -8,11 +8,13 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
+use crate::classify::lifecycle::{self, LifecycleError};
 use crate::classify::{self, Classification, Explanation};
 use crate::config::{ClassifyConfig, LmtpConfig};
 use crate::exit;
 use crate::ingest::files::{Messages, RawMessage};
 use crate::parse::{self, Parsed, Recipient};
+use crate::store::{Store, redact_url};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +53,10 @@ pub struct ClassifyArgs {
     /// Model directory; without one there, reasons come from the status codes alone.
     #[arg(long, value_name = "DIR", default_value = "models")]
     pub model: PathBuf,
+    /// Classify with the model version active in this database (`rebound model train --from-db`), else the
+    /// --model directory. Without it no database is used.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
     /// Files, directories (recursive), Maildirs, mbox files.
     #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -79,9 +85,23 @@ struct Row {
 }
 
 /// Print the classification of every recipient of every message below the paths.
-pub fn run(args: ClassifyArgs) -> Result<i32, Failure> {
+pub async fn run(args: ClassifyArgs) -> Result<i32, Failure> {
     let model = ClassifyConfig { model: args.model.clone(), ..ClassifyConfig::default() };
-    crate::ingest::install_model(&model).map_err(Failure::usage)?;
+    match &args.db {
+        Some(url) => {
+            let store = Store::open(url)
+                .await
+                .map_err(|e| Failure::temporary(anyhow::anyhow!("cannot open database {}: {e}", redact_url(url))))?;
+            lifecycle::install_active(&store, &model).await.map_err(|e| match e {
+                LifecycleError::Store(e) => Failure::temporary(e),
+                e => Failure::usage(e),
+            })?;
+            store.close().await;
+        }
+        None => {
+            crate::ingest::install_model(&model).map_err(Failure::usage)?;
+        }
+    }
     let limit = LmtpConfig::default().max_message_size;
     let mut rows = Vec::new();
     let stdout = io::stdout();
