@@ -167,10 +167,11 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
     }
 }
 
-/// Reports planned per address in one batch, on top of what the database says the address had: a
-/// flood for one domain builds and signs only as many reports as its rate can still let through.
+/// Per report address, in one batch: the reports the database says it had in the current window (read
+/// once per batch) and those planned since. A flood for one domain costs one look-up per batch, and
+/// builds and signs only as many reports as its rate can still let through.
 #[derive(Default)]
-struct Shares(HashMap<String, i64>);
+struct Shares(HashMap<String, (i64, i64)>);
 
 /// The check's rows and its reports: one for the MAIL FROM identity and one for the HELO identity
 /// (RFC 6652 reports are about either), the HELO one only when it goes to another address.
@@ -187,22 +188,25 @@ async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>, sh
             continue;
         }
         let key = entry.address.to_ascii_lowercase();
-        let planned_here = shares.0.get(&key).copied().unwrap_or(0);
-        // Building and signing is the expensive part: skip it when the address has had its share.
-        let used = match store.reports_used(&entry).await {
-            Ok(used) => used,
-            Err(e) => {
-                tracing::warn!("spf report to {}: cannot read its rate ({e}); deciding in the transaction", entry.address);
-                0
-            }
+        let (used, planned_here) = match shares.0.get(&key) {
+            Some(share) => *share,
+            None => match store.reports_used(&entry).await {
+                Ok(used) => (used, 0),
+                Err(e) => {
+                    tracing::warn!("spf report to {}: cannot read its rate ({e}); deciding in the transaction", entry.address);
+                    (0, 0)
+                }
+            },
         };
+        shares.0.insert(key.clone(), (used, planned_here));
+        // Building and signing is the expensive part: skip it when the address has had its share.
         if used + planned_here >= i64::from(entry.per_address) {
             continue;
         }
         match reporter.message(event, check, &planned.request.address) {
             Ok(message) => {
                 entry.message = message;
-                shares.0.insert(key, planned_here + 1);
+                shares.0.insert(key, (used, planned_here + 1));
                 item.reports.push(entry);
             }
             Err(e) => tracing::error!("spf report to {} not built: {e}", planned.request.address),
