@@ -50,22 +50,24 @@ async fn exercise(store: &Store) {
     // Three checks for one address, rate 2 per day: two reports, then rate-limited.
     let mut outcomes = Vec::new();
     for n in 0..3 {
-        let item = CheckItem { rows: vec![row(n)], report: Some(report("r@example.com", 2, 100)) };
+        let item = CheckItem { rows: vec![row(n)], reports: vec![report("r@example.com", 2, 100)] };
         outcomes.extend(store.save_spf_checks(&[item]).await.unwrap());
     }
-    assert!(matches!(outcomes[0].1, Some(Queued::Queued(_))));
-    assert!(matches!(outcomes[1].1, Some(Queued::Queued(_))));
-    assert_eq!(outcomes[2].1, Some(Queued::RateLimited));
+    assert!(matches!(outcomes[0].1[..], [Queued::Queued(_)]));
+    assert!(matches!(outcomes[1].1[..], [Queued::Queued(_)]));
+    assert_eq!(outcomes[2].1, [Queued::RateLimited]);
     assert_eq!(outcomes.iter().map(|(ids, _)| ids.len()).sum::<usize>(), 3, "every check is stored");
-    assert!(store.report_limit_reached(&report("r@example.com", 2, 100)).await.unwrap());
+    assert_eq!(store.reports_used(&report("r@example.com", 2, 100)).await.unwrap(), 2);
     // The global cap: 3 per hour in all; two used above.
     let batch: Vec<CheckItem> = (0..3)
-        .map(|n| CheckItem { rows: vec![row(n)], report: Some(report(&format!("a{n}@example.org"), 5, 3)) })
+        .map(|n| CheckItem { rows: vec![row(n)], reports: vec![report(&format!("a{n}@example.org"), 5, 3)] })
         .collect();
     let results = store.save_spf_checks(&batch).await.unwrap();
-    assert!(matches!(results[0].1, Some(Queued::Queued(_))));
-    assert_eq!(results[1].1, Some(Queued::HourlyCap));
-    assert_eq!(results[2].1, Some(Queued::HourlyCap));
+    assert!(matches!(results[0].1[..], [Queued::Queued(_)]));
+    assert_eq!(results[1].1, [Queued::HourlyCap]);
+    assert_eq!(results[2].1, [Queued::HourlyCap]);
+    // An address refused by the hourly cap keeps its share: nothing was taken from it.
+    assert_eq!(store.reports_used(&report("a1@example.org", 5, 3)).await.unwrap(), 0);
 
     // Two senders claim at the same time: each report goes to exactly one.
     let (a, b) = tokio::join!(

@@ -152,6 +152,15 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
+        // Several processes may share the database: the first to claim this due time makes the digest.
+        match store.claim_once("digest", due).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(%due, "digest already made by a process sharing the database");
+                continue;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim the digest run; making it anyway"),
+        }
         match write_digest(&store, &dir, since, due).await {
             Ok([html, text]) => tracing::info!(html = %html.display(), text = %text.display(), "digest written"),
             Err(e) => tracing::error!(error = %e, "cannot make the scheduled digest"),

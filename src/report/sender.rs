@@ -16,10 +16,9 @@ use super::config::{ReportConfigError, SmtpConfig};
 use crate::store::Store;
 use crate::store::spf::{AttemptOutcome, ClaimedReport};
 
-/// How long a claim holds before another sender may take the report.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// Reports claimed at once.
-const CLAIM: i64 = 16;
+/// Reports claimed at once: one, so that the lease covers a single delivery and a report claimed by a
+/// sender that died (kill -9) is due again within one [`lease`].
+const CLAIM: i64 = 1;
 /// First retry delay; doubled per attempt.
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 /// Longest retry delay.
@@ -34,6 +33,7 @@ pub struct Sender {
     worker: String,
     enabled: Arc<AtomicBool>,
     idle: Duration,
+    lease: Duration,
 }
 
 /// The sender could not be set up.
@@ -65,7 +65,8 @@ impl Sender {
             .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))))
             .build();
         let worker = format!("{}:{}", crate::spf::config::host_name(), std::process::id());
-        Ok(Sender { store, transport, from, max_attempts: max_attempts.max(1), worker, enabled, idle: Duration::from_secs(1) })
+        let lease = lease(smtp.timeout_secs);
+        Ok(Sender { store, transport, from, max_attempts: max_attempts.max(1), worker, enabled, idle: Duration::from_secs(1), lease })
     }
 
     /// How long to wait when nothing is due (default 1 s).
@@ -90,7 +91,7 @@ impl Sender {
 
     /// Claims and delivers one batch; returns how many reports were attempted.
     pub async fn round(&self) -> usize {
-        let claimed = match self.store.claim_reports(&self.worker, CLAIM, LEASE).await {
+        let claimed = match self.store.claim_reports(&self.worker, CLAIM, self.lease).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("spf reports: cannot claim: {e}");
@@ -141,6 +142,13 @@ impl Sender {
 enum Failure {
     Smtp(lettre::transport::smtp::Error),
     Address(String),
+}
+
+/// How long a claim holds before another sender may take the report: longer than one delivery can
+/// last (connect, greeting, EHLO, MAIL, RCPT, DATA and the final dot, each bounded by `timeout_secs`),
+/// so a live sender is never overtaken, and short enough that a dead sender's report goes out soon.
+pub fn lease(timeout_secs: u64) -> Duration {
+    Duration::from_secs(timeout_secs.max(1) * 8 + 10)
 }
 
 /// The delay before attempt `attempts + 1`: 1 min × 2^(attempts-1), at most 6 h, ±10 % jitter.

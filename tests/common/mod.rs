@@ -49,10 +49,16 @@ impl Server {
 
     /// Start with the given `RUST_LOG` filter.
     pub fn launch(dir: &Path, url: &str, ingest_extra: &str, lmtp_extra: &str, log_filter: &str) -> Server {
-        let config = dir.join("rebound.toml");
         let text = format!(
             "[database]\nurl = \"{url}\"\n[ingest]\n{ingest_extra}\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n{lmtp_extra}\n"
         );
+        Server::with_config(dir, &text, log_filter)
+    }
+
+    /// Start `rebound serve` with the whole configuration `text` (written to `dir/rebound.toml`); its LMTP
+    /// listener must be on 127.0.0.1.
+    pub fn with_config(dir: &Path, text: &str, log_filter: &str) -> Server {
+        let config = dir.join("rebound.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
@@ -85,6 +91,23 @@ impl Server {
             }
         };
         Server { child, addr, stderr }
+    }
+
+    /// The address logged after `prefix` (e.g. `"spf policy server listening on "`), waiting up to
+    /// `timeout` for the line.
+    pub fn logged_addr(&self, prefix: &str, timeout: Duration) -> Option<SocketAddr> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let found = self.stderr.lock().unwrap().iter().find_map(|line| {
+                let i = line.find(prefix)?;
+                line[i + prefix.len()..].split_whitespace().next()?.parse().ok()
+            });
+            if found.is_some() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The process id.
