@@ -221,6 +221,9 @@ impl Config {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
         self.digest.validate().map_err(|e| invalid("digest", &e.to_string()))?;
+        if !self.digest.to.is_empty() {
+            self.smtp.validate().map_err(|e| invalid("smtp", &e.to_string()))?;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.validate().map_err(|e| invalid("metrics.listen", &e.to_string()))?;
         }

@@ -12,6 +12,7 @@ use super::arf::{self, FailureReport};
 use super::config::{Rate, ReportConfigError, ReportSpfConfig};
 use super::dkim::{DkimError, DkimKey};
 use super::{Planned, plan};
+use crate::metrics::{self, ReportEvent};
 use crate::spf::config::Network;
 use crate::spf::policy::CheckEvent;
 use crate::spf::{Identity, IdentityCheck};
@@ -145,9 +146,17 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
             match store.save_spf_checks(&items).await {
                 Ok(results) => {
                     for (_, queued) in results {
-                        if let Some(Queued::Queued(id)) = queued {
-                            tracing::info!(report_id = id, "spf report queued");
+                        match queued {
+                            Some(Queued::Queued(id)) => {
+                                tracing::info!(report_id = id, "spf report queued");
+                                metrics::report(ReportEvent::Queued);
+                            }
+                            Some(_) => metrics::report(ReportEvent::Suppressed),
+                            None => {}
                         }
+                    }
+                    if let Ok(depth) = store.outbox_depth().await {
+                        metrics::set_queue_depth(depth);
                     }
                     break;
                 }
@@ -172,8 +181,10 @@ async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>) ->
         return item;
     };
     let Some((planned, mut entry)) = reporter.draft(event, row, check) else { return item };
-    // Building and signing is the expensive part: skip it when the address has had its share.
+    // Building and signing is the expensive part: skip it when the address has had its share (the
+    // entry goes on without a message, so the store counts it as rate-limited).
     if store.report_limit_reached(&entry).await.unwrap_or(false) {
+        item.report = Some(entry);
         return item;
     }
     match reporter.message(event, check, &planned.request.address) {

@@ -57,7 +57,8 @@ pub struct ReportToQueue {
     pub address: String,
     /// The MAIL FROM of the failing message.
     pub mail_from: String,
-    /// The complete signed message.
+    /// The complete signed message; empty when the writer found the address's limit reached before
+    /// building it (the store then only counts the report as rate-limited).
     pub message: Vec<u8>,
     /// Reports per address per period.
     pub per_address: u32,
@@ -146,6 +147,11 @@ const RATE_COUNT: &str = "SELECT count FROM rate_limits WHERE key = $1 AND windo
 const RATE_TAKE: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
      ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + 1 WHERE rate_limits.count < $3 \
      RETURNING count";
+/// Counts a report that was not queued, per reason and hour (key `suppressed:spf-report:REASON`), so the
+/// digest can say how many were rate-limited without a row per refused report.
+const COUNT_SUPPRESSED: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
+     ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + 1";
+const OUTBOX_DEPTH: &str = "SELECT COUNT(*) FROM outgoing_reports WHERE status IN ('queued', 'sending')";
 const INSERT_REPORT: &str = "INSERT INTO outgoing_reports (created_at, check_id, kind, domain, report_address, \
      mail_from, message, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $1) RETURNING id";
 const CLAIM_SQLITE: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
@@ -199,9 +205,36 @@ macro_rules! spf_functions {
                 ids.push(id);
             }
             let Some(report) = &item.report else { return Ok((ids, None)) };
+            let queued = queue_report(&mut *conn, report, ids.get(report.row).copied(), now).await?;
+            let why = match queued {
+                Queued::Queued(_) => None,
+                Queued::Suppressed => Some("bounced"),
+                Queued::RateLimited => Some("rate-limit"),
+                Queued::HourlyCap => Some("hourly-cap"),
+            };
+            if let Some(why) = why {
+                sqlx::query(COUNT_SUPPRESSED)
+                    .bind(format!("{SUPPRESSED_KEY}{why}"))
+                    .bind($time(&window_start(now, Duration::from_secs(3600))))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok((ids, Some(queued)))
+        }
+
+        /// The limits, in order, then the outbox row.
+        async fn queue_report(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            report: &ReportToQueue,
+            check_id: Option<i64>,
+            now: DateTime<Utc>,
+        ) -> Result<Queued, sqlx::Error> {
+            if report.message.is_empty() {
+                return Ok(Queued::RateLimited);
+            }
             let bounced: i64 = sqlx::query_scalar(SUPPRESSED).bind(&report.address).fetch_one(&mut *conn).await?;
             if bounced > 0 {
-                return Ok((ids, Some(Queued::Suppressed)));
+                return Ok(Queued::Suppressed);
             }
             let hour = window_start(now, Duration::from_secs(3600));
             let global: Option<i64> = sqlx::query_scalar(RATE_COUNT)
@@ -210,7 +243,7 @@ macro_rules! spf_functions {
                 .fetch_optional(&mut *conn)
                 .await?;
             if global.unwrap_or(0) >= i64::from(report.max_per_hour) {
-                return Ok((ids, Some(Queued::HourlyCap)));
+                return Ok(Queued::HourlyCap);
             }
             let window = window_start(now, report.period);
             let key = format!("spf-report:{}", report.address.to_ascii_lowercase());
@@ -221,7 +254,7 @@ macro_rules! spf_functions {
                 .fetch_optional(&mut *conn)
                 .await?;
             if took.is_none() || i64::from(report.per_address) == 0 {
-                return Ok((ids, Some(Queued::RateLimited)));
+                return Ok(Queued::RateLimited);
             }
             let took: Option<i64> = sqlx::query_scalar(RATE_TAKE)
                 .bind(GLOBAL_KEY)
@@ -230,11 +263,11 @@ macro_rules! spf_functions {
                 .fetch_optional(&mut *conn)
                 .await?;
             if took.is_none() {
-                return Ok((ids, Some(Queued::HourlyCap)));
+                return Ok(Queued::HourlyCap);
             }
             let id: i64 = sqlx::query_scalar(INSERT_REPORT)
                 .bind($time(&now))
-                .bind(ids.get(report.row).copied())
+                .bind(check_id)
                 .bind(report.kind)
                 .bind(&report.domain)
                 .bind(&report.address)
@@ -242,7 +275,7 @@ macro_rules! spf_functions {
                 .bind(&report.message)
                 .fetch_one(&mut *conn)
                 .await?;
-            Ok((ids, Some(Queued::Queued(id))))
+            Ok(Queued::Queued(id))
         }
 
         pub(super) async fn limit_reached(
@@ -316,6 +349,8 @@ macro_rules! spf_functions {
 
 /// The global hourly counter's key.
 const GLOBAL_KEY: &str = "spf-report:*";
+/// Prefix of the keys counting reports not queued (`bounced`, `rate-limit`, `hourly-cap` follow).
+pub const SUPPRESSED_KEY: &str = "suppressed:spf-report:";
 
 mod sqlite_spf {
     spf_functions!(sqlx::Sqlite, sqlite_time, CLAIM_SQLITE);
@@ -371,6 +406,21 @@ impl Store {
                 let mut conn = pool.acquire().await.map_err(err)?;
                 postgres_spf::limit_reached(&mut conn, report, now).await.map_err(err)
             }
+        }
+    }
+
+    /// Outbox entries waiting for delivery (`queued` or `sending`), for the queue-depth gauge.
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let context = || format!("cannot count the outbox in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Sqlite, context(), e)),
+            Pool::Postgres(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e)),
         }
     }
 
