@@ -244,6 +244,9 @@ impl Config {
             return Err(invalid("classify.min_new_labels", "must be at least 1"));
         }
         self.digest.validate().map_err(|e| invalid("digest", &e.to_string()))?;
+        if !self.digest.to.is_empty() {
+            self.smtp.validate().map_err(|e| invalid("smtp", &e.to_string()))?;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.validate().map_err(|e| invalid("metrics.listen", &e.to_string()))?;
         }

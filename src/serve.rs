@@ -30,6 +30,12 @@ pub enum ServeError {
     /// The SPF side (policy server, report writer and sender) could not start.
     #[error("cannot start the SPF policy server: {0}")]
     Spf(#[source] crate::spf::server::StartError),
+    /// Mailed digests (`[digest] to`) cannot be set up: a bad `from`, a DKIM key, the relay.
+    #[error("cannot mail digests: {0}")]
+    DigestMail(#[source] crate::digest::DigestError),
+    /// The sender of mailed digests could not be set up.
+    #[error("cannot start the sender of mailed digests: {0}")]
+    DigestSender(#[source] crate::report::sender::SenderError),
     /// The metrics address could not be bound.
     #[error("cannot start the metrics server: {0}")]
     Metrics(#[source] crate::metrics::MetricsError),
@@ -119,11 +125,36 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         }
         None => None,
     };
+    let mailer = if config.digest.to.is_empty() {
+        None
+    } else {
+        Some(
+            crate::digest::mail::Mailer::from_config(&config.digest, &config.dkim, &config.report.spf.sign)
+                .map_err(ServeError::DigestMail)?,
+        )
+    };
+    // Mailed digests go through the report outbox: its sender runs with the SPF side when reports are on,
+    // else here, for the digests alone.
+    let digest_sender = match &mailer {
+        Some(mailer) if !crate::digest::mail::report_sender_runs(&config) => {
+            let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let sender = crate::report::sender::Sender::new(
+                store.clone(),
+                &config.smtp,
+                crate::digest::mail::envelope_sender(&config, mailer),
+                config.report.spf.max_attempts,
+                enabled,
+            )
+            .map_err(ServeError::DigestSender)?;
+            Some(tokio::spawn(sender.run(signalled(shutdown.clone()))))
+        }
+        _ => None,
+    };
     let digest_store = store.clone();
     let digest_config = config.digest.clone();
     let digest_shutdown = signalled(shutdown.clone());
     let digest_task = tokio::spawn(async move {
-        if let Err(e) = crate::digest::schedule::run(digest_store, digest_config, digest_shutdown).await {
+        if let Err(e) = crate::digest::schedule::run(digest_store, digest_config, mailer, digest_shutdown).await {
             tracing::error!(error = %e, "the digest schedule stopped");
         }
     });
@@ -148,9 +179,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             Err(_) => tracing::warn!("an SPF task did not stop within the shutdown grace"),
         }
     }
-    for task in [Some(digest_task), metrics_task].into_iter().flatten() {
+    for task in [Some(digest_task), digest_sender, metrics_task].into_iter().flatten() {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!("the digest schedule or metrics server did not stop within the shutdown grace");
+            tracing::warn!("the digest schedule, its sender or the metrics server did not stop within the shutdown grace");
         }
     }
     // A retraining in progress is abandoned (nothing is recorded before it ends).

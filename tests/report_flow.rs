@@ -9,13 +9,11 @@ mod spf_support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mail_auth::report::{AuthFailureType, Feedback};
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rebound::report::config::{ReportSpfConfig, SmtpConfig};
 use rebound::report::dkim::{Algorithm, DkimKey, DkimKeyConfig};
 use rebound::report::queue::{Reporter, run_writer};
@@ -25,17 +23,10 @@ use rebound::spf::config::PolicyMode;
 use rebound::spf::dns::{DnsOptions, DnsResolver, DnsServers};
 use rebound::spf::policy::{PolicyService, PolicySettings};
 use rebound::store::Store;
+use spf_support::smtp::{dkimpy_verifies, fixture, mail_auth_verifies, public};
 use spf_support::{DnsServer, smtp_sink, start, txt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkim").join(name)
-}
-
-fn public(name: &str) -> String {
-    std::fs::read_to_string(fixture(name)).unwrap().trim().to_string()
-}
 
 async fn zone() -> DnsServer {
     start(&[
@@ -166,42 +157,8 @@ async fn a_failure_becomes_a_signed_arf_report_delivered_over_smtp() {
     assert!(text.contains("text/rfc822-headers") && text.contains("Received-SPF: fail"), "{text}");
 
     // Both DKIM signatures verify against the keys published in the test DNS.
-    let mut config = mail_auth::hickory_resolver::config::ResolverConfig::from_parts(None, vec![], vec![]);
-    let mut udp = mail_auth::hickory_resolver::config::ConnectionConfig::udp();
-    udp.port = s.dns.addr.port();
-    config.add_name_server(mail_auth::hickory_resolver::config::NameServerConfig::new(s.dns.addr.ip(), true, vec![udp]));
-    let auth = MessageAuthenticator::new(config, Default::default()).unwrap();
-    let message = AuthenticatedMessage::parse(&raw).unwrap();
-    let results = auth.verify_dkim(&message).await;
-    assert_eq!(results.len(), 2);
-    for r in &results {
-        assert_eq!(r.result(), &DkimResult::Pass, "{:?}", results.iter().map(|r| (r.signature().map(|s| s.s.clone()), r.result().clone())).collect::<Vec<_>>());
-    }
+    assert_eq!(mail_auth_verifies(s.dns.addr, &raw).await, 2);
     dkimpy_verifies(&raw, &[("rsa", "rsa2048.pub.b64", "rsa"), ("ed", "ed25519.pub.b64", "ed25519")]);
-}
-
-/// An independent DKIM verifier: dkimpy (Debian's python3-dkim), fed the same public keys.
-fn dkimpy_verifies(raw: &[u8], keys: &[(&str, &str, &str)]) {
-    let ok = std::process::Command::new("/usr/bin/python3").args(["-c", "import dkim"]).output().map(|o| o.status.success());
-    if !matches!(ok, Ok(true)) {
-        println!("dkimpy check SKIPPED: /usr/bin/python3 cannot import dkim (apt-get install python3-dkim)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let msg = dir.path().join("report.eml");
-    std::fs::write(&msg, raw).unwrap();
-    let mut records = String::new();
-    for (selector, file, k) in keys {
-        records.push_str(&format!("b'{selector}._domainkey.ours.example.': b'v=DKIM1; k={k}; p={}',", public(file)));
-    }
-    let script = format!(
-        "import dkim, sys\nrecs = {{{records}}}\nmsg = open(sys.argv[1], 'rb').read()\n\
-         def dns(name, timeout=5):\n    return recs.get(name if name.endswith(b'.') else name + b'.')\n\
-         d = dkim.DKIM(msg)\nn = sum(1 for h in d.headers if h[0].lower() == b'dkim-signature')\n\
-         ok = [d.verify(idx=i, dnsfunc=dns) for i in range(n)]\nprint(ok)\nsys.exit(0 if len(ok) == 2 and all(ok) else 1)\n"
-    );
-    let out = std::process::Command::new("/usr/bin/python3").arg("-c").arg(&script).arg(&msg).output().unwrap();
-    assert!(out.status.success(), "dkimpy: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use super::arf::{self, FailureReport};
 use super::config::{Rate, ReportConfigError, ReportSpfConfig};
 use super::dkim::{DkimError, DkimKey};
 use super::{Planned, plan};
+use crate::metrics::{self, ReportEvent};
 use crate::spf::config::Network;
 use crate::spf::policy::CheckEvent;
 use crate::spf::{Identity, IdentityCheck};
@@ -147,9 +148,16 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
             match store.save_spf_checks(&items).await {
                 Ok(results) => {
                     for queued in results.iter().flat_map(|(_, q)| q) {
-                        if let Queued::Queued(id) = queued {
-                            tracing::info!(report_id = id, "spf report queued");
+                        match queued {
+                            Queued::Queued(id) => {
+                                tracing::info!(report_id = id, "spf report queued");
+                                metrics::report(ReportEvent::Queued);
+                            }
+                            _ => metrics::report(ReportEvent::Suppressed),
                         }
+                    }
+                    if let Ok(depth) = store.outbox_depth().await {
+                        metrics::set_queue_depth(depth);
                     }
                     break;
                 }
@@ -199,8 +207,10 @@ async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>, sh
             },
         };
         shares.0.insert(key.clone(), (used, planned_here));
-        // Building and signing is the expensive part: skip it when the address has had its share.
+        // Building and signing is the expensive part: skip it when the address has had its share (the
+        // entry goes on without a message, so the store counts it as rate-limited).
         if used + planned_here >= i64::from(entry.per_address) {
+            item.reports.push(entry);
             continue;
         }
         match reporter.message(event, check, &planned.request.address) {

@@ -13,6 +13,7 @@ use lettre::address::Envelope;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::config::{ReportConfigError, SmtpConfig};
+use crate::metrics::{self, ReportEvent};
 use crate::store::Store;
 use crate::store::spf::{AttemptOutcome, ClaimedReport};
 
@@ -78,6 +79,7 @@ impl Sender {
     /// Runs until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        self.update_depth().await;
         loop {
             let worked = if self.enabled.load(Ordering::SeqCst) { self.round().await } else { 0 };
             if worked == 0 {
@@ -105,10 +107,22 @@ impl Sender {
             }
             self.deliver(report).await;
         }
+        if n > 0 {
+            self.update_depth().await;
+        }
         n
     }
 
-    async fn deliver(&self, report: ClaimedReport) {
+    /// Sets the queue-depth gauge from the outbox.
+    async fn update_depth(&self) {
+        match self.store.outbox_depth().await {
+            Ok(depth) => metrics::set_queue_depth(depth),
+            Err(e) => tracing::warn!("spf reports: {e}"),
+        }
+    }
+
+    /// Delivers one claimed report and records the attempt; returns how it ended.
+    pub async fn deliver(&self, report: ClaimedReport) -> AttemptOutcome {
         let started = Instant::now();
         let result = match report.address.parse::<Address>() {
             Ok(to) => match Envelope::new(Some(self.from.clone()), vec![to]) {
@@ -136,6 +150,12 @@ impl Sender {
             // The lease runs out and the report is tried again: it may go twice, but it is not lost.
             tracing::error!("spf report {}: attempt not recorded: {e}", report.id);
         }
+        match outcome {
+            AttemptOutcome::Sent => metrics::report(ReportEvent::Sent),
+            AttemptOutcome::Permanent => metrics::report(ReportEvent::Failed),
+            AttemptOutcome::Temporary => {}
+        }
+        outcome
     }
 }
 

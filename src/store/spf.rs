@@ -5,6 +5,7 @@
 //! LOCKED` on Postgres, so several processes can share one database) and recording every attempt in
 //! `report_attempts`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -57,7 +58,8 @@ pub struct ReportToQueue {
     pub address: String,
     /// The MAIL FROM of the failing message.
     pub mail_from: String,
-    /// The complete signed message.
+    /// The complete signed message; empty when the writer found the address's limit reached before
+    /// building it (the store then only counts the report as rate-limited).
     pub message: Vec<u8>,
     /// Reports per address per period.
     pub per_address: u32,
@@ -149,6 +151,11 @@ const RATE_TAKE: &str = "INSERT INTO rate_limits (key, window_start, count) VALU
 const CLAIM_ONCE: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
      ON CONFLICT (key, window_start) DO NOTHING RETURNING count";
 const RATE_GIVE_BACK: &str = "UPDATE rate_limits SET count = count - 1 WHERE key = $1 AND window_start = $2 AND count > 0";
+/// Counts reports that were not queued, per reason and hour (key `suppressed:spf-report:REASON`), so the
+/// digest can say how many were rate-limited without a row per refused report.
+const COUNT_SUPPRESSED: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, $3) \
+     ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + $3";
+const OUTBOX_DEPTH: &str = "SELECT COUNT(*) FROM outgoing_reports WHERE status IN ('queued', 'sending')";
 const INSERT_REPORT: &str = "INSERT INTO outgoing_reports (created_at, check_id, kind, domain, report_address, \
      mail_from, message, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $1) RETURNING id";
 const CLAIM_SQLITE: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
@@ -218,6 +225,10 @@ macro_rules! spf_functions {
             let mut took = Vec::with_capacity(order.len());
             for (key, i, j) in order {
                 let report = &items[i].reports[j];
+                // The writer found the address's share used up before building the message: rate-limited.
+                if report.message.is_empty() {
+                    continue;
+                }
                 let bounced: i64 = sqlx::query_scalar(SUPPRESSED).bind(&report.address).fetch_one(&mut *conn).await?;
                 if bounced > 0 {
                     out[i].1[j] = Queued::Suppressed;
@@ -271,6 +282,24 @@ macro_rules! spf_functions {
                     .fetch_one(&mut *conn)
                     .await?;
                 out[i].1[j] = Queued::Queued(id);
+            }
+            let mut not_queued: HashMap<&str, i64> = HashMap::new();
+            for queued in out.iter().flat_map(|(_, q)| q) {
+                let why = match queued {
+                    Queued::Queued(_) => continue,
+                    Queued::Suppressed => "bounced",
+                    Queued::RateLimited => "rate-limit",
+                    Queued::HourlyCap => "hourly-cap",
+                };
+                *not_queued.entry(why).or_default() += 1;
+            }
+            for (why, n) in not_queued {
+                sqlx::query(COUNT_SUPPRESSED)
+                    .bind(format!("{SUPPRESSED_KEY}{why}"))
+                    .bind($time(&hour))
+                    .bind(n)
+                    .execute(&mut *conn)
+                    .await?;
             }
             Ok(out)
         }
@@ -359,6 +388,8 @@ macro_rules! spf_functions {
 
 /// The global hourly counter's key.
 const GLOBAL_KEY: &str = "spf-report:*";
+/// Prefix of the keys counting reports not queued (`bounced`, `rate-limit`, `hourly-cap` follow).
+pub const SUPPRESSED_KEY: &str = "suppressed:spf-report:";
 
 /// The per-address counter's key.
 fn address_key(report: &ReportToQueue) -> String {
@@ -431,6 +462,21 @@ impl Store {
                 let mut conn = pool.acquire().await.map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e))?;
                 postgres_spf::once(&mut conn, key, at).await.map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e))
             }
+        }
+    }
+
+    /// Outbox entries waiting for delivery (`queued` or `sending`), for the queue-depth gauge.
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let context = || format!("cannot count the outbox in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Sqlite, context(), e)),
+            Pool::Postgres(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e)),
         }
     }
 

@@ -9,6 +9,8 @@ use super::{PgSchema, create_postgres_schema};
 pub struct TestDb {
     /// The store under test.
     pub store: Store,
+    /// The URL it was opened with (a second `Store::open` of it is another process sharing the database).
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
     _schema: Option<PgSchema>,
 }
@@ -17,9 +19,10 @@ impl TestDb {
     /// A store on a new SQLite file.
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = Store::open(&super::sqlite_url(dir.path())).await.expect("open SQLite store");
+        let url = super::sqlite_url(dir.path());
+        let store = Store::open(&url).await.expect("open SQLite store");
         assert_eq!(store.backend(), Backend::Sqlite);
-        TestDb { store, _dir: Some(dir), _schema: None }
+        TestDb { store, url, _dir: Some(dir), _schema: None }
     }
 
     /// A store in a new Postgres schema, dropped when the test ends (even by a panic); `None` (after saying
@@ -28,7 +31,7 @@ impl TestDb {
         let schema = create_postgres_schema(test).await?;
         let store = Store::open(&schema.url).await.expect("connect to and migrate the test Postgres");
         assert_eq!(store.backend(), Backend::Postgres);
-        Some(TestDb { store, _dir: None, _schema: Some(schema) })
+        Some(TestDb { store, url: schema.url.clone(), _dir: None, _schema: Some(schema) })
     }
 }
 

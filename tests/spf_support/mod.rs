@@ -3,6 +3,8 @@
 //! names, like the RFC 7208 suite's TIMEOUT). Built on hickory-proto's message codec.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
