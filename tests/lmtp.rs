@@ -309,15 +309,6 @@ fn locked_database_gives_451_and_the_retry_succeeds() {
     assert_eq!(count_messages(&url), 1);
 }
 
-/// Undoes `chattr +i` even when the test fails, so the temporary directory can be removed.
-struct Immutable(Vec<std::path::PathBuf>);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
-    }
-}
-
 /// The database files become read-only under a running server: 451 4.3.0, nothing acknowledged; once
 /// writable again, the same message is stored.
 #[test]
@@ -330,12 +321,10 @@ fn read_only_database_gives_451_and_nothing_is_acknowledged() {
     // chmod does not affect files the server already has open, and root ignores it anyway; the immutable
     // attribute does. The -shm file stays writable (it is memory-mapped).
     let files = vec![dir.path().join("rebound.db"), dir.path().join("rebound.db-wal")];
-    let made_immutable = Command::new("chattr").arg("+i").args(&files).status().map(|s| s.success()).unwrap_or(false);
-    if !made_immutable {
+    let Some(guard) = common::Immutable::set(files) else {
         eprintln!("skipping: chattr +i is not permitted here (needs root on ext4/xfs)");
         return;
-    }
-    let guard = Immutable(files);
+    };
     let replies = client.deliver("", &["b@example.com", "c@example.com"], &sample_message(2));
     for reply in &replies {
         assert_eq!(reply.code, 451, "{replies:?}");

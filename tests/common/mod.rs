@@ -2,6 +2,8 @@
 //! database look-ups with sqlx, and fresh Postgres schemas when `REBOUND_TEST_POSTGRES_URL` is set.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -45,10 +47,17 @@ impl Server {
 
     /// Start with the given `RUST_LOG` filter.
     pub fn launch(dir: &Path, url: &str, ingest_extra: &str, lmtp_extra: &str, log_filter: &str) -> Server {
-        let config = dir.join("rebound.toml");
         let text = format!(
             "[database]\nurl = \"{url}\"\n[ingest]\n{ingest_extra}\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n{lmtp_extra}\n"
         );
+        Server::launch_config(dir, &text, log_filter)
+    }
+
+    /// Start with a whole config file (written to `dir/rebound.toml`); it must have
+    /// `[ingest.lmtp] listen = "127.0.0.1:0"` (or another free address) and the log filter must let the
+    /// "LMTP listening on" line of `rebound::serve` through.
+    pub fn launch_config(dir: &Path, text: &str, log_filter: &str) -> Server {
+        let config = dir.join("rebound.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
@@ -106,6 +115,13 @@ impl Server {
         None
     }
 
+    /// The first whitespace-separated word after `marker` in the log so far (e.g. the address after
+    /// "spf policy server listening on ").
+    pub fn logged_word(&self, marker: &str) -> Option<String> {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().find_map(|l| Some(l[l.find(marker)? + marker.len()..].split_whitespace().next()?.to_string()))
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
@@ -118,6 +134,25 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Files made immutable with `chattr +i` (which, unlike chmod, also stops root and a process that has
+/// the file open already); `chattr -i` again when dropped, even when the test fails.
+pub struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// Make `files` immutable; `None` when chattr is missing or not permitted (needs root on ext4/xfs).
+    pub fn set(files: Vec<PathBuf>) -> Option<Immutable> {
+        let ok = Command::new("chattr").arg("+i").args(&files).status().is_ok_and(|s| s.success());
+        let guard = Immutable(files);
+        ok.then_some(guard)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
     }
 }
 
