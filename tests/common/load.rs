@@ -325,8 +325,10 @@ impl Fleet {
     /// Each acknowledged message is stored exactly once in the database at `url`; returns how many rows
     /// there are in all.
     pub fn check_acknowledged(&self, url: &str, when: &str) -> usize {
-        let rows = stored(url);
+        // The acknowledgements first: clients may still be running, and a message answered after the read
+        // of the rows would look lost.
         let acknowledged = self.acknowledged.lock().unwrap().clone();
+        let rows = stored(url);
         let lost: Vec<&String> = acknowledged.iter().filter(|sha| !rows.contains_key(*sha)).collect();
         assert!(lost.is_empty(), "{when}: {} acknowledged messages are not in the database, e.g. {:?}", lost.len(), lost[0]);
         let doubled: Vec<(&String, &i64)> = rows.iter().filter(|(_, n)| **n != 1).collect();
