@@ -15,47 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, count_messages, sqlite_url};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A `kB` field of /proc/PID/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// Open file descriptors of the process.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn message(c: u64, n: u64) -> Vec<u8> {
-    format!(
-        "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@example.com\r\nSubject: Undelivered mail {c}-{n}\r\n\
-         Message-ID: <soak-{c}-{n}@mx.example.net>\r\n\r\n<user{c}x{n}@example.net>: host \
-         mx.example.net[192.0.2.1] said: 550 5.1.1 <user{c}x{n}@example.net>: Recipient address rejected: \
-         User unknown\r\n"
-    )
-    .into_bytes()
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
-}
+use common::load::{Conn, bounce, env_u64, micros, percentile_ms, sample_for, status_mib};
+use common::{Server, count_messages, dot_stuff, sqlite_url};
 
 fn main() {
     let seconds = env_u64("REBOUND_SOAK_SECONDS", 180);
-    let clients = env_u64("REBOUND_SOAK_CLIENTS", 8);
+    let clients = env_u64("REBOUND_SOAK_CLIENTS", 8) as usize;
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
     let server = Server::launch(dir.path(), &url, "", "", "warn,rebound::serve=info");
@@ -69,15 +34,15 @@ fn main() {
         .map(|c| {
             let (done, acked) = (done.clone(), acked.clone());
             std::thread::spawn(move || {
-                let mut client = Client::ready(addr);
+                let mut conn = Conn::open(addr, Duration::from_secs(30)).expect("LMTP connection");
                 let mut latencies = Vec::new();
                 let mut n = 0;
                 while !done.load(Ordering::Relaxed) {
-                    let raw = message(c, n);
+                    let data = dot_stuff(&bounce("soak", c, n));
                     let start = Instant::now();
-                    let replies = client.deliver_pipelined("", &["bounces@example.com"], &raw);
-                    assert_eq!(replies[0].code, 250, "{replies:?}");
-                    latencies.push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    let code = conn.deliver("", &data, || {}).expect("LMTP transaction");
+                    assert_eq!(code, 250, "message {c}-{n}");
+                    latencies.push(micros(start));
                     acked.fetch_add(1, Ordering::Relaxed);
                     n += 1;
                 }
@@ -87,38 +52,27 @@ fn main() {
         .collect();
 
     let start = Instant::now();
-    let (rss0, fds0) = (status_mib(pid, "VmRSS:"), open_fds(pid));
-    println!("{:>6} {:>10} {:>9} {:>9} {:>5}", "t(s)", "msg/s", "RSS MiB", "HWM MiB", "fds");
-    println!("{:>6} {:>10} {:>9.1} {:>9.1} {:>5}", 0, "-", rss0, status_mib(pid, "VmHWM:"), fds0);
-    let mut last = (Instant::now(), 0u64);
-    let mut samples = Vec::new();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(seconds).saturating_sub(start.elapsed())));
-        let now = (Instant::now(), acked.load(Ordering::Relaxed));
-        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
-        let (rss, hwm, fds) = (status_mib(pid, "VmRSS:"), status_mib(pid, "VmHWM:"), open_fds(pid));
-        println!("{:>6.0} {:>10.0} {:>9.1} {:>9.1} {:>5}", start.elapsed().as_secs_f64(), rate, rss, hwm, fds);
-        samples.push((rss, fds));
-        last = now;
-    }
+    let samples = sample_for(pid, seconds, Duration::from_secs(10), || acked.load(Ordering::Relaxed));
     done.store(true, Ordering::Relaxed);
     let mut latencies: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let total = latencies.len();
     let stored = count_messages(&url);
+    // The first sample after warm-up (10 s) against the last one.
+    let (first, last) = (samples.get(1).unwrap_or(&samples[0]), samples.last().unwrap());
     println!(
         "lmtp_soak: {total} messages acknowledged in {elapsed:.0} s = {:.0} msg/s; latency p50 {:.2} ms, p99 \
          {:.2} ms, max {:.2} ms; peak RSS (VmHWM) {:.1} MiB; RSS {:.1} -> {:.1} MiB, fds {} -> {} (first 10 s sample -> end)",
         total as f64 / elapsed,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
+        percentile_ms(&latencies, 0.50),
+        percentile_ms(&latencies, 0.99),
+        percentile_ms(&latencies, 1.0),
         status_mib(pid, "VmHWM:"),
-        samples.first().map_or(rss0, |s| s.0),
-        samples.last().map_or(rss0, |s| s.0),
-        samples.first().map_or(fds0, |s| s.1),
-        samples.last().map_or(fds0, |s| s.1),
+        first.rss,
+        last.rss,
+        first.fds,
+        last.fds,
     );
     assert_eq!(stored, total as i64, "rows in the database vs messages acknowledged");
     drop(server);

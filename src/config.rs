@@ -5,7 +5,7 @@
 //! pure check of the values (ranges, addresses) with no I/O. [`Config::load`] reads a file and runs both.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::digest::DigestConfig;
 use crate::metrics::MetricsConfig;
 use crate::report::config::{ReportSpfConfig, SmtpConfig};
 use crate::report::dkim::DkimKeyConfig;
-use crate::spf::config::SpfConfig;
+use crate::spf::config::{Network, SpfConfig};
 
 /// The default database: an SQLite file `rebound.db` in the current directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://rebound.db";
@@ -171,6 +171,9 @@ pub struct LmtpConfig {
     /// On SIGTERM/SIGINT, how long messages in flight may take to finish before the process exits.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Client networks (CIDR or single addresses) allowed to connect; empty allows every client. Others
+    /// are answered 421 4.7.1 and closed, with a log line.
+    pub allow_networks: Vec<String>,
 }
 
 impl Default for LmtpConfig {
@@ -182,7 +185,29 @@ impl Default for LmtpConfig {
             max_recipients: 1000,
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
+            allow_networks: Vec::new(),
         }
+    }
+}
+
+/// The client networks a listener accepts (`allow_networks`); empty allows every client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList(Vec<Network>);
+
+/// An `allow_networks` entry that is neither an address nor a CIDR network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("allow_networks: {0:?} is not an address or CIDR network")]
+pub struct AllowListError(pub String);
+
+impl AllowList {
+    /// Parse the entries of an `allow_networks` key.
+    pub fn parse(entries: &[String]) -> Result<AllowList, AllowListError> {
+        entries.iter().map(|s| s.parse().map_err(|_| AllowListError(s.clone()))).collect::<Result<_, _>>().map(AllowList)
+    }
+
+    /// Whether a client at `ip` may connect (an IPv4-mapped address counts as IPv4).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -235,6 +260,7 @@ impl Config {
         if lmtp.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("ingest.lmtp.idle_timeout", "must be at least 1s"));
         }
+        AllowList::parse(&lmtp.allow_networks).map_err(|e| invalid("ingest.lmtp.allow_networks", &e.to_string()))?;
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
@@ -366,6 +392,19 @@ mod tests {
         assert!(e.to_string().contains("hard"), "{e}");
         let e = parse("[classify]\nretrain_schedule = \"often\"\n").unwrap_err();
         assert!(e.to_string().contains("retrain schedule"), "{e}");
+    }
+
+    #[test]
+    fn allow_networks_are_checked_and_match_clients() {
+        let c = parse("[ingest.lmtp]\nallow_networks = [\"127.0.0.0/8\", \"::1\", \"192.0.2.7\"]\n").unwrap();
+        let allow = AllowList::parse(&c.ingest.lmtp.allow_networks).unwrap();
+        assert!(allow.allows("127.0.0.2".parse().unwrap()));
+        assert!(allow.allows("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(!allow.allows("192.0.2.8".parse().unwrap()));
+        assert!(!allow.allows("::2".parse().unwrap()));
+        assert!(AllowList::default().allows("203.0.113.1".parse().unwrap()), "empty allows everyone");
+        let e = parse("[ingest.lmtp]\nallow_networks = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.allow_networks", .. }), "{e}");
     }
 
     #[test]

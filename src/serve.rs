@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::classify::lifecycle;
-use crate::config::Config;
+use crate::config::{AllowList, AllowListError, Config};
 use crate::ingest::lmtp;
 use crate::ingest::writer::Writer;
 use crate::spf::server::{self as spf_server, SpfSections};
@@ -47,6 +47,9 @@ pub enum ServeError {
         /// Why.
         source: StoreError,
     },
+    /// `[ingest.lmtp] allow_networks` has an entry that is not a network.
+    #[error("invalid [ingest.lmtp] {0}")]
+    AllowList(#[source] AllowListError),
     /// The LMTP address could not be bound.
     #[error("cannot listen for LMTP on {addr}: {source}")]
     Bind {
@@ -85,6 +88,7 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>, ServeError> {
 /// Run the service until `shutdown` turns true; returns once every message in flight is answered (or the
 /// grace period is over) and the writer has committed what it was given.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+    let allow = AllowList::parse(&config.ingest.lmtp.allow_networks).map_err(ServeError::AllowList)?;
     let url = &config.database.url;
     let store = tokio::select! {
         opened = Store::open(url) => opened.map_err(|source| ServeError::Database { url: redact_url(url), source })?,
@@ -164,7 +168,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let listener = lmtp::bind(lmtp.listen).await.map_err(|source| ServeError::Bind { addr: lmtp.listen, source })?;
     let addr = listener.local_addr().unwrap_or(lmtp.listen);
     tracing::info!("LMTP listening on {addr}");
-    lmtp::serve(listener, lmtp, writer, shutdown).await;
+    lmtp::serve(listener, lmtp, allow, writer, shutdown).await;
 
     // Every session (and with it every writer handle) is gone: the writer commits what it has and stops.
     if let Err(e) = writer_task.await {

@@ -13,14 +13,6 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join(name)).unwrap()
 }
 
-fn wait_for_log(server: &Server, needle: &str) {
-    let start = Instant::now();
-    while !server.log().contains(needle) {
-        assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in the log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn stores_a_dsn_once_and_answers_once_per_recipient() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,15 +301,6 @@ fn locked_database_gives_451_and_the_retry_succeeds() {
     assert_eq!(count_messages(&url), 1);
 }
 
-/// Undoes `chattr +i` even when the test fails, so the temporary directory can be removed.
-struct Immutable(Vec<std::path::PathBuf>);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
-    }
-}
-
 /// The database files become read-only under a running server: 451 4.3.0, nothing acknowledged; once
 /// writable again, the same message is stored.
 #[test]
@@ -330,12 +313,10 @@ fn read_only_database_gives_451_and_nothing_is_acknowledged() {
     // chmod does not affect files the server already has open, and root ignores it anyway; the immutable
     // attribute does. The -shm file stays writable (it is memory-mapped).
     let files = vec![dir.path().join("rebound.db"), dir.path().join("rebound.db-wal")];
-    let made_immutable = Command::new("chattr").arg("+i").args(&files).status().map(|s| s.success()).unwrap_or(false);
-    if !made_immutable {
+    let Some(guard) = common::Immutable::set(files) else {
         eprintln!("skipping: chattr +i is not permitted here (needs root on ext4/xfs)");
         return;
-    }
-    let guard = Immutable(files);
+    };
     let replies = client.deliver("", &["b@example.com", "c@example.com"], &sample_message(2));
     for reply in &replies {
         assert_eq!(reply.code, 451, "{replies:?}");
@@ -375,7 +356,7 @@ fn sigterm_finishes_the_message_in_flight_and_exits_0() {
     let (head, tail) = data.split_at(data.len() / 2);
     busy.send(head);
     server.signal("TERM");
-    wait_for_log(&server, "LMTP listener closed");
+    server.wait_for_log("LMTP listener closed");
     let idle_reply = idle.read_reply().expect("421 to the idle session");
     assert_eq!(idle_reply.code, 421, "{idle_reply:?}");
     assert!(std::net::TcpStream::connect(server.addr).is_err(), "the listener is closed");
@@ -457,7 +438,7 @@ fn serve_runs_the_spf_policy_server_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
     let mut server = Server::start_with(dir.path(), &url, "", "shutdown_grace = \"3s\"\n[spf]\nlisten = \"127.0.0.1:0\"");
-    wait_for_log(&server, "spf policy server listening on ");
+    server.wait_for_log("spf policy server listening on ");
     let log = server.log();
     let at = log.find("spf policy server listening on ").unwrap() + "spf policy server listening on ".len();
     let addr: std::net::SocketAddr = log[at..].split_whitespace().next().unwrap().parse().unwrap();

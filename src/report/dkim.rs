@@ -1,6 +1,7 @@
 //! DKIM signing of outgoing reports (mail-auth): RSA-SHA256 (PKCS#1 or PKCS#8 PEM) and Ed25519 (PKCS#8
 //! PEM) keys read from files at start, so a missing or unreadable key is a clear error before anything
-//! is sent.
+//! is sent. A key file that its group or other users may read is used, with a warning naming the file
+//! and its mode (a private key should be 0600 or 0400, owned by the user rebound runs as).
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,14 @@ impl DkimKey {
     pub fn load(config: &DkimKeyConfig) -> Result<DkimKey, DkimError> {
         let pem = std::fs::read_to_string(&config.key)
             .map_err(|source| DkimError::Read { path: config.key.clone(), source })?;
+        if let Some(mode) = readable_by_others(&config.key) {
+            tracing::warn!(
+                "DKIM key {} is readable by its group or other users (mode {mode:04o}); \
+                 run `chmod 600 {}`",
+                config.key.display(),
+                config.key.display()
+            );
+        }
         Self::from_pem(&pem, config, &config.key)
     }
 
@@ -146,6 +155,14 @@ impl DkimKey {
     }
 }
 
+/// The permission bits of `path` when its group or other users may read it (`None` for 0600, 0400, ...
+/// or when the mode cannot be read).
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
 /// The bytes of the first PEM block.
 fn pem_body(pem: &str) -> Option<Vec<u8>> {
     let mut in_block = false;
@@ -196,6 +213,18 @@ mod tests {
     fn base64_decodes() {
         assert_eq!(base64_decode("aGVsbG8gd29ybGQ=").unwrap(), b"hello world");
         assert!(base64_decode("a*b").is_none());
+    }
+
+    #[test]
+    fn key_file_readable_by_others_is_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, b"x").unwrap();
+        for (mode, seen) in [(0o600, None), (0o400, None), (0o640, Some(0o640)), (0o604, Some(0o604))] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(readable_by_others(&key), seen, "mode {mode:o}");
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ const CLAIM: i64 = 1;
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+/// One delivery attempt may take this many `[smtp] timeout_secs` in all. lettre's async transport bounds
+/// only the TCP connect; a relay that accepts the connection and then says nothing (or stalls after the
+/// data) would otherwise hold the sender, and with it the whole outbox, forever.
+const ATTEMPT_STEPS: u32 = 5;
 
 /// Delivers the outbox.
 pub struct Sender {
@@ -35,6 +39,7 @@ pub struct Sender {
     enabled: Arc<AtomicBool>,
     idle: Duration,
     lease: Duration,
+    attempt_limit: Duration,
 }
 
 /// The sender could not be set up.
@@ -61,13 +66,20 @@ impl Sender {
         smtp.validate()?;
         let (host, port) = smtp.relay()?;
         let from: Address = from_address.parse().map_err(|_| SenderError::From(from_address.to_string()))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))))
-            .build();
+        let step = Duration::from_secs(smtp.timeout_secs.max(1));
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).timeout(Some(step)).build();
         let worker = format!("{}:{}", crate::spf::config::host_name(), std::process::id());
-        let lease = lease(smtp.timeout_secs);
-        Ok(Sender { store, transport, from, max_attempts: max_attempts.max(1), worker, enabled, idle: Duration::from_secs(1), lease })
+        Ok(Sender {
+            store,
+            transport,
+            from,
+            max_attempts: max_attempts.max(1),
+            worker,
+            enabled,
+            idle: Duration::from_secs(1),
+            lease: lease(smtp.timeout_secs),
+            attempt_limit: step * ATTEMPT_STEPS,
+        })
     }
 
     /// How long to wait when nothing is due (default 1 s).
@@ -126,7 +138,12 @@ impl Sender {
         let started = Instant::now();
         let result = match report.address.parse::<Address>() {
             Ok(to) => match Envelope::new(Some(self.from.clone()), vec![to]) {
-                Ok(envelope) => self.transport.send_raw(&envelope, &report.message).await.map(|_| ()).map_err(Failure::Smtp),
+                Ok(envelope) => {
+                    match tokio::time::timeout(self.attempt_limit, self.transport.send_raw(&envelope, &report.message)).await {
+                        Ok(sent) => sent.map(|_| ()).map_err(Failure::Smtp),
+                        Err(_) => Err(Failure::Timeout),
+                    }
+                }
                 Err(e) => Err(Failure::Address(e.to_string())),
             },
             Err(e) => Err(Failure::Address(e.to_string())),
@@ -136,10 +153,18 @@ impl Sender {
         let (outcome, code, detail, retry_at) = match result {
             Ok(()) => (AttemptOutcome::Sent, Some(250), "accepted by the relay".to_string(), None),
             Err(Failure::Address(e)) => (AttemptOutcome::Permanent, None, format!("bad address: {e}"), None),
+            Err(Failure::Timeout) => {
+                let detail = format!("the relay did not finish within {} s", self.attempt_limit.as_secs());
+                if attempts >= i64::from(self.max_attempts) {
+                    (AttemptOutcome::Permanent, None, detail, None)
+                } else {
+                    (AttemptOutcome::Temporary, None, detail, Some(Utc::now() + backoff(attempts)))
+                }
+            }
             Err(Failure::Smtp(e)) => {
                 let code = e.status().map(|c| i64::from(u16::from(c)));
                 let detail = e.to_string();
-                if e.is_permanent() || attempts >= i64::from(self.max_attempts) {
+                if recipient_refused(&e) || attempts >= i64::from(self.max_attempts) {
                     (AttemptOutcome::Permanent, code, detail, None)
                 } else {
                     (AttemptOutcome::Temporary, code, detail, Some(Utc::now() + backoff(attempts)))
@@ -162,6 +187,25 @@ impl Sender {
 enum Failure {
     Smtp(lettre::transport::smtp::Error),
     Address(String),
+    /// The attempt took longer than `attempt_limit`.
+    Timeout,
+}
+
+/// Whether the relay refused the report for good: a 5xx about the recipient (RFC 3463 `5.1.x` address or
+/// `5.2.x` mailbox status, or, without an enhanced code, 550/551/553). Any other 5xx is the relay refusing
+/// us (no service, relaying denied, a protocol error) and, like a 4xx, is retried until `max_attempts`,
+/// so a relay's misconfiguration does not lose the reports queued meanwhile.
+fn recipient_refused(e: &lettre::transport::smtp::Error) -> bool {
+    if !e.is_permanent() {
+        return false;
+    }
+    // lettre's text: "permanent error (550): 5.1.1 no such user".
+    let text = e.to_string();
+    let reply = text.split_once("): ").map_or("", |(_, r)| r);
+    match reply.split_whitespace().next().and_then(|w| w.strip_prefix("5.")) {
+        Some(rest) if rest.contains('.') => rest.starts_with("1.") || rest.starts_with("2."),
+        _ => e.status().is_some_and(|c| matches!(u16::from(c), 550 | 551 | 553)),
+    }
 }
 
 /// How long a claim holds before another sender may take the report: longer than one delivery can

@@ -51,6 +51,9 @@ pub struct SpfConfig {
     pub dns_timeout_secs: u64,
     /// Clients in these networks (CIDR) are not checked: the policy answers DUNNO.
     pub trusted_networks: Vec<String>,
+    /// Networks (CIDR) whose clients (MTAs) may connect to the policy server; empty allows every one.
+    /// Others are answered `defer_if_permit` and closed, with a log line.
+    pub allow_networks: Vec<String>,
 }
 
 impl Default for SpfConfig {
@@ -63,6 +66,7 @@ impl Default for SpfConfig {
             dns: DnsSetting::One("system".into()),
             dns_timeout_secs: 2,
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            allow_networks: Vec::new(),
         }
     }
 }
@@ -79,6 +83,9 @@ pub enum SpfConfigError {
     /// A bad network.
     #[error("[spf] trusted_networks: {0:?} is not an address or CIDR network")]
     Network(String),
+    /// A bad `allow_networks` entry.
+    #[error("[spf] {0}")]
+    Allow(#[from] crate::config::AllowListError),
     /// An empty DNS server list.
     #[error("[spf] dns: the server list is empty (use \"system\" for the system resolver)")]
     NoServers,
@@ -93,7 +100,13 @@ impl SpfConfig {
         self.listen_addr()?;
         self.dns_options()?;
         self.trusted()?;
+        self.allowed()?;
         Ok(())
+    }
+
+    /// The clients allowed to connect.
+    pub fn allowed(&self) -> Result<crate::config::AllowList, SpfConfigError> {
+        Ok(crate::config::AllowList::parse(&self.allow_networks)?)
     }
 
     /// The listener address.

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::config::{Network, PolicyMode};
+use crate::config::AllowList;
 use super::{IdentityCheck, Resolver, SpfResult, SpfVerdict, Verifier, headers};
 
 /// Longest line, and longest request, accepted.
@@ -180,6 +181,7 @@ pub struct PolicyService<R> {
     events: Option<mpsc::Sender<CheckEvent>>,
     idle_timeout: Duration,
     request_timeout: Duration,
+    allow: AllowList,
 }
 
 impl<R: Resolver + 'static> PolicyService<R> {
@@ -192,7 +194,15 @@ impl<R: Resolver + 'static> PolicyService<R> {
             events,
             idle_timeout: IDLE_TIMEOUT,
             request_timeout: REQUEST_TIMEOUT,
+            allow: AllowList::default(),
         }
+    }
+
+    /// Accepts connections only from `allow` (`[spf] allow_networks`); others are answered
+    /// `defer_if_permit` and closed.
+    pub fn with_allowed(mut self, allow: AllowList) -> Self {
+        self.allow = allow;
+        self
     }
 
     /// Changes how long a connection may idle between requests and how long one request may take to
@@ -300,6 +310,15 @@ impl<R: Resolver + 'static> PolicyService<R> {
             tokio::select! {
                 _ = &mut shutdown => return,
                 accepted = listener.accept() => match accepted {
+                    Ok((mut stream, peer)) if !self.allow.allows(peer.ip()) => {
+                        tracing::warn!("spf policy: connection from {peer}, outside allow_networks, refused");
+                        tokio::spawn(async move {
+                            // Postfix reads this as the answer to its first request: a temporary refusal.
+                            let refusal = b"action=defer_if_permit Policy service not available to this client\n\n";
+                            let _ = tokio::time::timeout(Duration::from_secs(10), stream.write_all(refusal)).await;
+                            drop(permit);
+                        });
+                    }
                     Ok((stream, peer)) => {
                         let service = self.clone();
                         tokio::spawn(async move {

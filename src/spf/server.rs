@@ -100,11 +100,18 @@ pub async fn start(sections: SpfSections<'_>, store: Store, shutdown: watch::Rec
         trusted: spf.trusted()?,
     };
     let addr = spf.listen_addr()?;
+    let allow = spf.allowed()?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the SPF policy server is listening on a non-loopback address and has no \
+                               authentication; set [spf] allow_networks or restrict access with a firewall");
+    }
     let policy_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
     let (events, rx) = mpsc::channel(10_000);
-    let service = Arc::new(PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events)));
+    let service = Arc::new(
+        PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events)).with_allowed(allow),
+    );
     let mut tasks = vec![
         tokio::spawn(run_writer(store.clone(), rx, reporter.clone())),
         tokio::spawn(service.serve(listener, stopped(shutdown.clone()))),

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod db;
+pub mod load;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -133,6 +134,23 @@ impl Server {
         None
     }
 
+    /// The first whitespace-separated word after `marker` in the log so far (e.g. the address after
+    /// "spf policy server listening on ").
+    pub fn logged_word(&self, marker: &str) -> Option<String> {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().find_map(|l| Some(l[l.find(marker)? + marker.len()..].split_whitespace().next()?.to_string()))
+    }
+
+    /// Waits (up to 20 s, then fails the test) until the log contains `needle`: the server may log an
+    /// event just after the client saw its effect.
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
@@ -145,6 +163,25 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Files made immutable with `chattr +i` (which, unlike chmod, also stops root and a process that has
+/// the file open already); `chattr -i` again when dropped, even when the test fails.
+pub struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// Make `files` immutable; `None` when chattr is missing or not permitted (needs root on ext4/xfs).
+    pub fn set(files: Vec<PathBuf>) -> Option<Immutable> {
+        let ok = Command::new("chattr").arg("+i").args(&files).status().is_ok_and(|s| s.success());
+        let guard = Immutable(files);
+        ok.then_some(guard)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
     }
 }
 

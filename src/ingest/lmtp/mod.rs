@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::writer::Writer;
-use crate::config::LmtpConfig;
+use crate::config::{AllowList, LmtpConfig};
 
 /// Bind the LMTP socket. Warns when the address is not a loopback one: LMTP has no authentication, so
 /// anyone who can reach the port can insert messages.
@@ -31,8 +31,14 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serve LMTP on `listener` until `shutdown` turns true, then finish the sessions in flight (at most
-/// `config.shutdown_grace`) and return.
-pub async fn serve(listener: TcpListener, config: LmtpConfig, writer: Writer, mut shutdown: watch::Receiver<bool>) {
+/// `config.shutdown_grace`) and return. Clients outside `allow` are told 421 4.7.1 and closed.
+pub async fn serve(
+    listener: TcpListener,
+    config: LmtpConfig,
+    allow: AllowList,
+    writer: Writer,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let grace = config.shutdown_grace;
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let context = Arc::new(session::Context::new(config, writer));
@@ -42,6 +48,10 @@ pub async fn serve(listener: TcpListener, config: LmtpConfig, writer: Writer, mu
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if !allow.allows(peer.ip()) => {
+                    tracing::warn!(%peer, "LMTP connection from a client outside allow_networks refused");
+                    refuse(stream, b"421 4.7.1 Client host not allowed, closing connection\r\n");
+                }
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let context = context.clone();
@@ -53,11 +63,7 @@ pub async fn serve(listener: TcpListener, config: LmtpConfig, writer: Writer, mu
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "too many LMTP connections; refusing one");
-                        tokio::spawn(async move {
-                            let mut stream = stream;
-                            let _ = stream.write_all(b"421 4.3.2 Too many connections, try again later\r\n").await;
-                            let _ = stream.shutdown().await;
-                        });
+                        refuse(stream, b"421 4.3.2 Too many connections, try again later\r\n");
                     }
                 },
                 Err(e) => {
@@ -88,6 +94,17 @@ pub async fn serve(listener: TcpListener, config: LmtpConfig, writer: Writer, mu
             }
         }
     }
+}
+
+/// Say `reply` and close, on a task of its own so a client that does not read cannot hold the listener.
+fn refuse(mut stream: tokio::net::TcpStream, reply: &'static [u8]) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let _ = stream.write_all(reply).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
 }
 
 fn log_session_end(done: Result<(), tokio::task::JoinError>) {
