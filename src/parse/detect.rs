@@ -99,7 +99,8 @@ fn parse_at(raw: &[u8], depth: u8) -> Parsed {
     if is_binary(raw) {
         return Parsed::unparsed("binary data, not a mail message");
     }
-    let data = normalise_line_ends(raw);
+    let mut data = normalise_line_ends(raw);
+    mime::hide_nested_messages(&mut data);
     let Some(message) = parser().parse(data.as_ref()) else {
         return Parsed::unparsed("no message headers found");
     };

@@ -38,6 +38,44 @@ pub(crate) struct Walk<'a> {
     pub original_senders: Vec<String>,
 }
 
+/// The subtype an attached message's part is renamed to before the MIME parse (see [`hide_nested_messages`]);
+/// as long as `rfc822` and `global`, so the rename is done in place.
+const OPAQUE_SUBTYPE: &str = "x-rbnd";
+
+/// Renames `message/rfc822` and `message/global` in the Content-Type fields of `data` to
+/// `message/x-rbnd` (same length, in place; copies `data` only when there is one).
+///
+/// mail-parser parses an attached message in full, decoding every part of its body (quoted-printable,
+/// base64, charsets), which was a good part of the parse time; we read only the attached message's headers
+/// (`original_from_header_text`) and its raw bytes. Under the new name the part stays one opaque body, read
+/// as before. The rename reaches only field lines that start with `Content-Type:`; the raw message stored
+/// is never this copy.
+pub(crate) fn hide_nested_messages(data: &mut Cow<'_, [u8]>) {
+    const FIELD: &[u8] = b"content-type:";
+    let mut at = Vec::new();
+    let bytes: &[u8] = data;
+    for line_start in std::iter::once(0).chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1)) {
+        let line = &bytes[line_start..];
+        if line.len() < FIELD.len() || !line[..FIELD.len()].eq_ignore_ascii_case(FIELD) {
+            continue;
+        }
+        let value = FIELD.len() + line[FIELD.len()..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let Some(ctype) = line.get(value..value + 14) else { continue };
+        if ctype[..8].eq_ignore_ascii_case(b"message/")
+            && (ctype[8..].eq_ignore_ascii_case(b"rfc822") || ctype[8..].eq_ignore_ascii_case(b"global"))
+            && line.get(value + 14).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+        {
+            at.push(line_start + value + 8);
+        }
+    }
+    if !at.is_empty() {
+        let owned = data.to_mut();
+        for i in at {
+            owned[i..i + 6].copy_from_slice(OPAQUE_SUBTYPE.as_bytes());
+        }
+    }
+}
+
 /// Drops a parsed message without recursion. A message nested in a message is a `PartType::Message` inside a
 /// part, and the default drop recurses once per level: tens of thousands of nested message/rfc822 parts (a
 /// few megabytes of input) would overflow the stack, which aborts the process instead of panicking.
@@ -208,7 +246,8 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
                     }
                     walk.original_raw = part_bytes(message, part).or(Some(&[]));
                 }
-            ("message", "rfc822" | "global", _) | ("text" | "message", "rfc822-headers" | "global-headers", _)
+            ("message", "rfc822" | "global" | OPAQUE_SUBTYPE, _)
+            | ("text" | "message", "rfc822-headers" | "global-headers", _)
                 if walk.original_raw.is_none() => {
                     let bytes = match &part.body {
                         PartType::Text(t) | PartType::Html(t) => t.as_bytes(),

@@ -10,18 +10,21 @@
 //! would break "acknowledged = committed"); batching messages into one transaction is what makes this cheap.
 
 mod categories;
+mod checkpoint;
 mod error;
 mod labels;
 mod save;
 pub mod spf;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
+use checkpoint::Checkpointer;
 pub use error::{StoreError, StoreErrorKind};
 pub use labels::{Category, LabelledBounce, ModelVersion, NewModelVersion, RetrainLock};
 pub use save::{NewMessage, SaveOutcome};
@@ -83,6 +86,8 @@ pub struct Store {
     pool: Pool,
     /// The URL with any password replaced, for messages and logs.
     display_url: String,
+    /// The background WAL checkpointer of a SQLite file (stops with the last clone).
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl Store {
@@ -135,19 +140,25 @@ impl Store {
                 format!("cannot open database {display_url}: directory {} does not exist", dir.display()),
             ));
         }
-        let options = options
+        let mut options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Checkpoints run beside the writer (see `checkpoint`), not inside its commits.
+        let background_checkpoints = !in_memory && tokio::runtime::Handle::try_current().is_ok();
+        if background_checkpoints {
+            options = options.pragma("wal_autocheckpoint", "0");
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| StoreError::sqlx(Backend::Sqlite, format!("cannot open database {display_url}"), e))?;
-        Ok(Store { pool: Pool::Sqlite(pool), display_url })
+        let checkpointer = if background_checkpoints { Checkpointer::spawn(pool.clone()).map(Arc::new) } else { None };
+        Ok(Store { pool: Pool::Sqlite(pool), display_url, checkpointer })
     }
 
     /// Connect to Postgres with options built by the caller (e.g. a `search_path`). Does not migrate.
@@ -188,7 +199,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e))?;
-        Ok(Store { pool: Pool::Postgres(pool), display_url })
+        Ok(Store { pool: Pool::Postgres(pool), display_url, checkpointer: None })
     }
 
     /// Apply pending migrations (idempotent), then seed the built-in categories that are missing.
@@ -238,6 +249,9 @@ impl Store {
 
     /// Close every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
