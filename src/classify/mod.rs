@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 pub mod features;
+pub mod memory;
 pub mod model;
 pub mod perturb;
 pub mod train;
