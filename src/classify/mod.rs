@@ -14,6 +14,7 @@ use serde::Serialize;
 
 pub mod features;
 pub mod lifecycle;
+pub mod memory;
 pub mod model;
 pub mod perturb;
 pub mod train;

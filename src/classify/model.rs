@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::features::{normalise, words, Feature, Layout, Signals};
+use super::memory::Memory;
 use super::{Classification, DecidedBy};
 
 /// File names inside a model directory.
@@ -89,6 +90,10 @@ pub struct ModelConfig {
     /// 0 = the network alone (it still sees the prior's verdict as a signal token).
     #[serde(default)]
     pub prior_weight: f32,
+    /// Similarity from which the nearest-neighbour memory ([`super::memory`]) decides instead of the network
+    /// (0 = never; models without a memory ignore it).
+    #[serde(default)]
+    pub memory_threshold: f32,
 }
 
 /// A loaded model.
@@ -104,6 +109,7 @@ pub struct Model {
     b1: Vec<f32>,
     w2: Vec<f32>,
     b2: Vec<f32>,
+    memory: Memory,
 }
 
 /// The weights of a model as flat row-major f32 arrays (what training produces).
@@ -201,6 +207,7 @@ impl Model {
             b1: round_f16(w.b1)?,
             w2: round_f16(w.w2)?,
             b2: round_f16(w.b2)?,
+            memory: Memory::default(),
         })
     }
 
@@ -241,7 +248,20 @@ impl Model {
                 return Err(corrupt(&weights_path, "non-finite weights"));
             }
         }
-        Model::from_parts(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))
+        let mut model = Model::from_parts(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))?;
+        if tensors.contains_key(MEMORY_TENSORS[0]) {
+            let get_u32 = |name: &str| -> Result<Vec<u32>, ModelError> {
+                let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
+                t.to_vec1::<u32>().map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+            };
+            let [rows, offsets, labels] = MEMORY_TENSORS.map(get_u32);
+            let memory = Memory::from_raw(rows?, offsets?, labels?).map_err(|e| corrupt(&weights_path, e))?;
+            if memory.raw().2.iter().any(|&l| l as usize >= model.labels.len()) {
+                return Err(corrupt(&weights_path, "memory names a label the model does not have"));
+            }
+            model.memory = memory;
+        }
+        Ok(model)
     }
 
     /// Write the model to a directory: weights as f16 safetensors, tokenizer, labels, config.
@@ -268,6 +288,13 @@ impl Model {
                 .and_then(|t| t.to_dtype(DType::F16))
                 .map_err(|e| write_err(&weights_path, &e))?;
             map.insert(name.to_string(), t);
+        }
+        if !self.memory.is_empty() {
+            let (rows, offsets, labels) = self.memory.raw();
+            for (name, values) in MEMORY_TENSORS.iter().zip([rows, offsets, labels]) {
+                let t = Tensor::from_slice(values, values.len(), &Device::Cpu).map_err(|e| write_err(&weights_path, &e))?;
+                map.insert(name.to_string(), t);
+            }
         }
         candle_core::safetensors::save(&map, &weights_path).map_err(|e| write_err(&weights_path, &e))?;
         let tok_path = dir.join(TOKENIZER_FILE);
@@ -355,6 +382,36 @@ impl Model {
         self.config.prior_weight = weight;
     }
 
+    /// Set the similarity from which the memory decides (see [`ModelConfig::memory_threshold`]).
+    pub fn set_memory_threshold(&mut self, threshold: f32) {
+        self.config.memory_threshold = threshold;
+    }
+
+    /// Replace the nearest-neighbour memory (training builds it from its examples).
+    pub fn set_memory(&mut self, memory: Memory) {
+        self.memory = memory;
+    }
+
+    /// The memory's verdict on encoded input, when its best match reaches the threshold.
+    fn recall(&self, enc: &Encoded) -> Option<Classification> {
+        let threshold = self.config.memory_threshold;
+        if threshold <= 0.0 || self.memory.is_empty() {
+            return None;
+        }
+        let text: Vec<u32> = enc.features.iter().map(|f| f.row).collect();
+        let signals: Vec<u32> = enc.signals.iter().map(|(_, r)| *r).collect();
+        let r = self.memory.recall(&text, &signals, self.labels.len())?;
+        if r.similarity < threshold {
+            return None;
+        }
+        Some(Classification {
+            reason: self.labels[r.label].name.clone(),
+            hard_bounce: false,
+            confidence: r.similarity * r.agreement,
+            decided_by: DecidedBy::Model,
+        })
+    }
+
     /// Add the status prior's log-probabilities, weighted, to the network's logits.
     fn fuse(&self, logits: &mut [f32], signals: &Signals) {
         let beta = self.config.prior_weight;
@@ -381,9 +438,25 @@ impl Model {
     }
 
     /// Classify one input: the most likely label, or `onhold` when its probability is below `min_confidence`.
+    /// A close enough match in the nearest-neighbour memory decides before the network.
     pub fn classify(&self, text: &str, signals: &Signals, min_confidence: f32) -> Classification {
-        let probs = self.probabilities(text, signals);
-        self.verdict(&probs, signals, min_confidence)
+        let enc = self.encode(text, signals, false);
+        if let Some(c) = self.recall(&enc) {
+            return self.settle(c, signals, min_confidence);
+        }
+        let mut logits = self.logits(&enc, None, None);
+        self.fuse(&mut logits, signals);
+        self.verdict(&softmax(&logits), signals, min_confidence)
+    }
+
+    /// Apply the confidence threshold and the hard-bounce rule to a memory verdict.
+    fn settle(&self, mut c: Classification, signals: &Signals, min_confidence: f32) -> Classification {
+        if c.confidence < min_confidence {
+            c.reason = "onhold".to_string();
+            return c;
+        }
+        c.hard_bounce = self.labels.iter().any(|l| l.name == c.reason && l.hard) && signals.permanent();
+        c
     }
 
     fn verdict(&self, probs: &[f32], signals: &Signals, min_confidence: f32) -> Classification {
@@ -416,7 +489,10 @@ impl Model {
         let mut logits = self.logits(&enc, None, None);
         self.fuse(&mut logits, signals);
         let probs = softmax(&logits);
-        let classification = self.verdict(&probs, signals, min_confidence);
+        let classification = match self.recall(&enc) {
+            Some(c) => self.settle(c, signals, min_confidence),
+            None => self.verdict(&probs, signals, min_confidence),
+        };
         let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
         let mut names: Vec<&str> = enc.features.iter().map(|f| f.name.as_str()).collect();
         names.sort_unstable();
@@ -436,6 +512,9 @@ impl Model {
         Explanation { classification, features, signals: signals_w, top }
     }
 }
+
+/// Names of the memory's tensors in model.safetensors: rows, offsets, labels (all u32).
+const MEMORY_TENSORS: [&str; 3] = ["mem_rows", "mem_offsets", "mem_labels"];
 
 /// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {

@@ -24,6 +24,7 @@ use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 use super::features::{normalise, strip_codes, words, Layout, Signals, MAX_TEXT_CHARS};
+use super::memory::Memory;
 use super::model::{Label, Model, ModelConfig, Weights, UNK_TOKEN};
 
 /// One labelled training example.
@@ -68,6 +69,9 @@ pub struct TrainConfig {
     pub label_smoothing: f32,
     /// Weight of the status prior fused at inference (stored in config.json).
     pub prior_weight: f32,
+    /// Similarity from which the nearest-neighbour memory of the training texts decides (stored in
+    /// config.json; 0 = the network always decides).
+    pub memory_threshold: f32,
 }
 
 impl Default for TrainConfig {
@@ -86,6 +90,7 @@ impl Default for TrainConfig {
             feature_dropout: 0.1,
             label_smoothing: 0.1,
             prior_weight: 0.5,
+            memory_threshold: 0.9,
         }
     }
 }
@@ -132,6 +137,8 @@ struct Prepared {
     text_rows: Vec<u32>,
     signal_rows: Vec<u32>,
     label: usize,
+    /// An example as given (not an augmented copy): these go into the memory.
+    original: bool,
 }
 
 /// Build the tokenizer: NFKC + lowercase, whitespace/punctuation pre-tokenizer, word-level vocabulary of the
@@ -203,15 +210,18 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
 
     // Texts as the model sees them, with the augmented copies.
     let mut inputs: Vec<(String, Signals, usize)> = Vec::with_capacity(examples.len() * 2);
+    let mut original = Vec::with_capacity(examples.len() * 2);
     for ex in examples {
         let k = index[ex.label.as_str()];
         inputs.push((normalise(&ex.text), ex.signals.clone(), k));
+        original.push(true);
         let stripped = strip_codes(&ex.text);
         let mut bare = ex.signals.clone();
         bare.status = None;
         bare.reply_code = None;
         if stripped != ex.text || bare != ex.signals {
             inputs.push((normalise(&stripped), bare, k));
+            original.push(false);
         }
     }
     let texts: Vec<String> = inputs.iter().map(|(t, _, _)| t.clone()).collect();
@@ -220,7 +230,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let unk = tokenizer.token_to_id(UNK_TOKEN).unwrap_or(0);
     let layout = Layout { vocab, buckets: cfg.buckets, signal_buckets: cfg.signal_buckets };
     let mut prepared = Vec::with_capacity(inputs.len());
-    for (text, signals, label) in &inputs {
+    for ((text, signals, label), &original) in inputs.iter().zip(&original) {
         let mut feats = Vec::new();
         let ws = words(text);
         let ids: Vec<u32> = ws.iter().map(|w| tokenizer.token_to_id(w).unwrap_or(unk)).collect();
@@ -229,6 +239,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             text_rows: feats.into_iter().map(|f| f.row).collect(),
             signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
             label: *label,
+            original,
         });
     }
 
@@ -316,6 +327,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         examples: examples.len(),
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         prior_weight: cfg.prior_weight,
+        memory_threshold: cfg.memory_threshold,
     };
     let flat = |v: &Var| -> Result<Vec<f32>, candle_core::Error> {
         v.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
@@ -328,7 +340,12 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         w2: flat(&w2)?,
         b2: flat(&b2)?,
     };
-    Model::from_parts(tokenizer, labels, config, weights).map_err(TrainError::Assemble)
+    let memory = Memory::build(
+        prepared.iter().filter(|p| p.original).map(|p| (p.text_rows.as_slice(), p.signal_rows.as_slice(), p.label)),
+    );
+    let mut model = Model::from_parts(tokenizer, labels, config, weights).map_err(TrainError::Assemble)?;
+    model.set_memory(memory);
+    Ok(model)
 }
 
 /// The distinct table rows a batch touches, and how often each example uses each.

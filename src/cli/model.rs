@@ -84,6 +84,9 @@ pub struct TrainOptions {
     /// Weight of the status prior fused at inference (0 = the network alone).
     #[arg(long, default_value_t = TrainConfig::default().prior_weight)]
     pub prior_weight: f32,
+    /// Similarity from which the nearest-neighbour memory of the training texts decides (0 = never).
+    #[arg(long, default_value_t = TrainConfig::default().memory_threshold)]
+    pub memory_threshold: f32,
     /// Use .eml labels from every source, not only label_from = tests.
     #[arg(long)]
     pub all_labels: bool,
@@ -98,6 +101,7 @@ impl TrainOptions {
             dim: self.dim,
             class_weight_power: self.class_weight_power,
             prior_weight: self.prior_weight,
+            memory_threshold: self.memory_threshold,
             ..TrainConfig::default()
         }
     }
@@ -161,10 +165,18 @@ pub struct EvalArgs {
     /// Print every misclassified item.
     #[arg(long)]
     pub errors: bool,
+    /// Also write every item with its prediction as JSONL (origin, group, mta, label, predicted, confidence,
+    /// text and signals) to this file, for error analysis.
+    #[arg(long, value_name = "FILE")]
+    pub dump_items: Option<PathBuf>,
     /// With --kfold, also report the accuracy each of these status-prior weights would give (same folds,
     /// same trained models), e.g. `--sweep-prior-weight 0,0.5,1,2`.
     #[arg(long, value_delimiter = ',', value_name = "W,...")]
     pub sweep_prior_weight: Vec<f32>,
+    /// With --kfold, also report the accuracy each of these memory thresholds would give (same folds, same
+    /// trained models), e.g. `--sweep-memory-threshold 0,0.8,0.9,0.95`.
+    #[arg(long, value_delimiter = ',', value_name = "T,...")]
+    pub sweep_memory_threshold: Vec<f32>,
     /// Training options for --kfold.
     #[command(flatten)]
     pub train: TrainOptions,
@@ -426,6 +438,9 @@ fn eval_cmd(args: &EvalArgs) -> anyhow::Result<i32> {
         Some(_) => bail!("--kfold needs at least 2 folds"),
     };
     report(&items, &preds, args.errors);
+    if let Some(path) = &args.dump_items {
+        dump_items(path, &items, &preds)?;
+    }
     eprintln!("rebound: evaluated {} items in {:.1}s", items.len(), started.elapsed().as_secs_f64());
     Ok(exit::OK)
 }
@@ -446,7 +461,13 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
         load_eml_corpus(&args.train.shared, args.train.all_labels)?
     };
     let mut preds = Vec::new();
-    let mut sweep = vec![(0usize, 0usize); args.sweep_prior_weight.len()];
+    // (what, value, correct, total) of every swept setting
+    let mut sweep: Vec<(&str, f32, usize, usize)> = args
+        .sweep_prior_weight
+        .iter()
+        .map(|&w| ("prior weight", w, 0, 0))
+        .chain(args.sweep_memory_threshold.iter().map(|&t| ("memory threshold", t, 0, 0)))
+        .collect();
     for fold in 0..k {
         let test: Vec<usize> = (0..items.len()).filter(|&i| fold_of[key(&items[i]).as_str()] == fold).collect();
         let test_groups: BTreeSet<&str> = test.iter().map(|&i| items[i].group.as_str()).collect();
@@ -459,13 +480,16 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
         train_items.extend(shared.iter());
         let started = Instant::now();
         let mut model = train(&examples(&train_items), label_set(&[]), &args.train.config())?;
-        for (j, &w) in args.sweep_prior_weight.iter().enumerate() {
-            model.set_prior_weight(w);
+        for (what, value, ok, n) in &mut sweep {
+            let is_prior = *what == "prior weight";
+            model.set_prior_weight(if is_prior { *value } else { args.train.prior_weight });
+            model.set_memory_threshold(if is_prior { args.train.memory_threshold } else { *value });
             let p = predict(&model, items, &test, args.min_confidence);
-            sweep[j].0 += p.iter().filter(|(i, l, _)| *l == items[*i].label).count();
-            sweep[j].1 += p.len();
+            *ok += p.iter().filter(|(i, l, _)| *l == items[*i].label).count();
+            *n += p.len();
         }
         model.set_prior_weight(args.train.prior_weight);
+        model.set_memory_threshold(args.train.memory_threshold);
         let p = predict(&model, items, &test, args.min_confidence);
         let correct = p.iter().filter(|(i, l, _)| *l == items[*i].label).count();
         eprintln!(
@@ -477,11 +501,37 @@ fn cross_validate(args: &EvalArgs, items: &[Item], k: usize) -> anyhow::Result<P
         );
         preds.extend(p);
     }
-    for (&w, (ok, n)) in args.sweep_prior_weight.iter().zip(&sweep) {
-        eprintln!("prior weight {w}: accuracy {:.4} ({ok}/{n})", *ok as f64 / (*n).max(1) as f64);
+    for (what, value, ok, n) in sweep {
+        eprintln!("{what} {value}: accuracy {:.4} ({ok}/{n})", ok as f64 / n.max(1) as f64);
     }
     preds.sort_by_key(|p| p.0);
     Ok(preds)
+}
+
+/// Write every predicted item as one JSON object a line (see [`EvalArgs::dump_items`]).
+fn dump_items(path: &Path, items: &[Item], preds: &Predictions) -> anyhow::Result<()> {
+    let mut out =
+        std::io::BufWriter::new(fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+    for (i, label, confidence) in preds {
+        let it = &items[*i];
+        let row = serde_json::json!({
+            "origin": it.origin,
+            "group": it.group,
+            "mta": it.mta,
+            "label": it.label,
+            "predicted": label,
+            "confidence": confidence,
+            "text": it.text,
+            "status": it.signals.status,
+            "reply_code": it.signals.reply_code,
+            "action": it.signals.action,
+            "smtp_command": it.signals.smtp_command,
+            "kind": it.signals.kind.map(Kind::as_str),
+        });
+        writeln!(out, "{row}")?;
+    }
+    out.flush().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Print per-label precision/recall/F1, accuracy, macro averages, coverage by confidence and confusions.
