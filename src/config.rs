@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::classify::lifecycle::{CategoryConfig, RetrainSchedule};
+use crate::lifecycle::{CategoryConfig, RetrainSchedule};
 use crate::digest::DigestConfig;
 use crate::metrics::MetricsConfig;
 use crate::report::config::{ReportSpfConfig, SmtpConfig};
@@ -95,7 +95,7 @@ pub struct ClassifyConfig {
     pub min_confidence: f32,
     /// Users' own categories (`[[classify.categories]]` or `[classify.categories.NAME]`), synced to the
     /// `categories` table at start and learned beside the built-in reasons.
-    #[serde(deserialize_with = "crate::classify::lifecycle::de_categories")]
+    #[serde(deserialize_with = "crate::lifecycle::de_categories")]
     pub categories: Vec<CategoryConfig>,
     /// When `serve` looks for new labels and retrains.
     pub retrain_schedule: RetrainSchedule,
@@ -264,8 +264,8 @@ impl Config {
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
-        crate::classify::lifecycle::validate_categories(&self.classify.categories)
-            .map_err(|e| invalid("classify.categories", &e))?;
+        crate::lifecycle::validate_categories(&self.classify.categories)
+            .map_err(|e| invalid("classify.categories", &e.to_string()))?;
         if self.classify.min_new_labels == 0 {
             return Err(invalid("classify.min_new_labels", "must be at least 1"));
         }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod ingest;
+pub mod lifecycle;
 pub mod metrics;
 pub mod parse;
 pub mod report;

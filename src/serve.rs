@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::classify::lifecycle;
 use crate::config::{AllowList, AllowListError, Config};
+use crate::lifecycle;
 use crate::ingest::lmtp;
 use crate::ingest::writer::Writer;
 use crate::spf::server::{self as spf_server, SpfSections};
@@ -26,7 +26,7 @@ pub enum ServeError {
     Signals(#[source] std::io::Error),
     /// The model (the active database version, else the directory of `[classify]`) cannot be loaded.
     #[error("cannot load the model: {0}")]
-    Model(#[source] crate::classify::lifecycle::LifecycleError),
+    Model(#[source] crate::lifecycle::LifecycleError),
     /// The SPF side (policy server, report writer and sender) could not start.
     #[error("cannot start the SPF policy server: {0}")]
     Spf(#[source] crate::spf::server::StartError),

@@ -4,8 +4,8 @@
 //! of labelled bounces, a worse candidate refused), `rebound model list|rollback`, the retraining lock on
 //! Postgres, and a corrupt model version in the database stopping `serve`.
 //!
-//! Training runs the real trainer on the repository's corpus (models/corpus/diagnostics.jsonl) with fewer
-//! epochs than a release model, so the debug-build tests stay within a few minutes.
+//! Training runs the real trainer on part of the repository's corpus (models/corpus/diagnostics.jsonl) with
+//! fewer epochs than a release model, so the debug-build tests stay within a few minutes.
 
 mod common;
 
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use common::{postgres_schema, scalar, sqlite_url};
 
 /// Epochs of the test trainings (the shipped model uses 20).
-const EPOCHS: &str = "6";
+const EPOCHS: &str = "10";
+/// Rows of the repository's corpus the test trainings start from.
+const CORPUS_ROWS: usize = 200;
 
 fn rebound(args: &[&str]) -> Output {
     Command::new(common::bin())
@@ -84,11 +86,21 @@ fn config(dir: &Path, url: &str, classify_extra: &str) -> PathBuf {
     path
 }
 
-/// `rebound model train --from-db` with `epochs` (default [`EPOCHS`]), a training corpus (default the
-/// repository's) and `extra` arguments.
-fn train_with(config: &Path, epochs: Option<&str>, corpus: Option<&Path>, extra: &[&str]) -> Output {
+/// The first [`CORPUS_ROWS`] rows of the repository's corpus, written into `dir`: a smaller built-in corpus
+/// keeps the debug-build trainings short.
+fn small_corpus(dir: &Path) -> PathBuf {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus/diagnostics.jsonl");
-    let corpus = corpus.unwrap_or(&repository);
+    let rows = std::fs::read_to_string(repository).unwrap();
+    let path = dir.join("corpus.jsonl");
+    std::fs::write(&path, rows.lines().take(CORPUS_ROWS).collect::<Vec<_>>().join("\n")).unwrap();
+    path
+}
+
+/// `rebound model train --from-db` with `epochs` (default [`EPOCHS`]), a training corpus (default
+/// [`small_corpus`] beside the config) and `extra` arguments.
+fn train_with(config: &Path, epochs: Option<&str>, corpus: Option<&Path>, extra: &[&str]) -> Output {
+    let small = small_corpus(config.parent().unwrap());
+    let corpus = corpus.unwrap_or(&small);
     let mut cmd = Command::new(common::bin());
     cmd.args(["model", "train", "--from-db", "--no-shared", "--config"])
         .arg(config)
@@ -381,10 +393,7 @@ fn only_one_process_retrains_at_a_time_on_postgres() {
 #[test]
 fn serve_retrains_on_its_schedule_and_switches_to_a_better_model() {
     on_both_backends("serve_retrains", |dir, url| {
-        // A smaller built-in corpus than the repository's keeps the debug-build training short.
-        let repository = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus/diagnostics.jsonl")).unwrap();
-        let corpus = dir.join("corpus.jsonl");
-        std::fs::write(&corpus, repository.lines().take(200).collect::<Vec<_>>().join("\n")).unwrap();
+        let corpus = small_corpus(dir);
         let category = "[[classify.categories]]\nname = \"partner-allow-list\"\n";
         let cfg = config(dir, url, category);
         let bounces: Vec<(String, &str, String)> =

@@ -4,8 +4,7 @@
 //! Two deciders: the structured-signal prior ([`status`]) and the trained neural classifier ([`model`],
 //! trained by [`train`] on [`features`]). [`init`] loads a model directory once and installs it for the whole
 //! process; [`classify_all`] uses it when installed and the prior otherwise. Apart from [`init`] (which reads
-//! the model files) and [`lifecycle`] (retraining from the database's labels, model versions) everything here
-//! is pure: no I/O, no database, no async.
+//! the model files) everything here is pure: no I/O, no database, no async.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -13,7 +12,6 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 pub mod features;
-pub mod lifecycle;
 pub mod memory;
 pub mod model;
 pub mod perturb;

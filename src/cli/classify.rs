@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
-use crate::classify::lifecycle::{self, LifecycleError};
+use crate::lifecycle::{self, LifecycleError};
 use crate::classify::{self, Classification, Explanation};
 use crate::config::{ClassifyConfig, LmtpConfig};
 use crate::exit;

@@ -52,7 +52,7 @@ pub async fn run(args: IngestArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::temporary(anyhow!("cannot open database {}: {e}", redact_url(url))))?;
     // Nothing is stored without its classification: a broken model (the database's active version, else the
     // shipped one) is a temporary failure (pipe(8) retries).
-    crate::classify::lifecycle::install_active(&store, &config.classify).await.map_err(Failure::temporary)?;
+    crate::lifecycle::install_active(&store, &config.classify).await.map_err(Failure::temporary)?;
     let (writer, writer_task) = Writer::spawn(store, config.ingest.max_batch, config.ingest.commit_delay);
     let limit = config.ingest.lmtp.max_message_size;
     // pipe(8) passes an empty ${sender} for the null sender of a bounce.

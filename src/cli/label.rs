@@ -5,7 +5,7 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::{DbOptions, Failure};
-use crate::classify::lifecycle::sync_categories;
+use crate::lifecycle::sync_categories;
 use crate::exit;
 use crate::store::{Store, StoreErrorKind, redact_url};
 

@@ -1,12 +1,12 @@
 //! The model versions kept in the database: `rebound model train --from-db`, `rebound model list` and
-//! `rebound model rollback [VERSION]` (see [`crate::classify::lifecycle`]).
+//! `rebound model rollback [VERSION]` (see [`crate::lifecycle`]).
 
 use anyhow::anyhow;
 use clap::Args;
 
 use super::model::TrainArgs;
 use super::{DbOptions, Failure};
-use crate::classify::lifecycle::{self, LifecycleError, Metrics, Outcome, RetrainOptions};
+use crate::lifecycle::{self, LifecycleError, Metrics, Outcome, RetrainOptions};
 use crate::classify::train::TrainError;
 use crate::config::Config;
 use crate::exit;

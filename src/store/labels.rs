@@ -90,7 +90,7 @@ pub struct RetrainLock {
 impl RetrainLock {
     /// Give the lock back (its connection returns to the pool).
     pub async fn release(mut self) -> Result<(), StoreError> {
-        const SQL: &str = "SELECT pg_advisory_unlock(hashtext('rebound.model_retrain'), hashtext(current_schema()))";
+        const SQL: &str = "SELECT pg_advisory_unlock(hashtext('rebound.model_retrain'), hashtext(COALESCE(current_schema(), '')))";
         if let Some(mut conn) = self.conn.take() {
             let released: Result<bool, _> = sqlx::query_scalar(SQL).fetch_one(&mut *conn).await;
             if let Err(e) = released {
@@ -329,7 +329,7 @@ impl Store {
     /// session advisory lock keyed by the schema, held on a connection of its own until
     /// [`RetrainLock::release`]; on SQLite (one process per file) it is always granted.
     pub async fn try_retrain_lock(&self) -> Result<Option<RetrainLock>, StoreError> {
-        const SQL: &str = "SELECT pg_try_advisory_lock(hashtext('rebound.model_retrain'), hashtext(current_schema()))";
+        const SQL: &str = "SELECT pg_try_advisory_lock(hashtext('rebound.model_retrain'), hashtext(COALESCE(current_schema(), '')))";
         let Pool::Postgres(pool) = &self.pool else { return Ok(Some(RetrainLock { conn: None })) };
         let err = |e| StoreError::sqlx(Backend::Postgres, format!("cannot take the retraining lock in {}", self.display_url), e);
         let mut conn = pool.acquire().await.map_err(err)?;

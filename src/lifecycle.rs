@@ -2,8 +2,7 @@
 //! the labels people confirmed in the database, evaluation of the candidate against the model in use on a
 //! held-back slice of those labels, promotion, rollback, and the models kept in `model_versions`.
 //!
-//! Unlike the rest of [`crate::classify`], this module does I/O: it reads and writes the database and the
-//! model files.
+//! [`crate::classify`] stays pure; this module is where the classifier meets the database and the file system.
 //!
 //! - Models retrained from users' labels live in the database (`model_versions.weights`, the files of
 //!   [`Model::save`] packed into one blob with a SHA-256 trailer), never in `models/`. [`install_active`] loads
@@ -28,9 +27,9 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::model::{Label, Model, ModelError};
-use super::train::{self, Example, MIN_CATEGORY_EXAMPLES, TrainConfig, TrainError};
-use super::{REASONS, Signals};
+use crate::classify::model::{Label, Model, ModelError};
+use crate::classify::train::{self, Example, MIN_CATEGORY_EXAMPLES, TrainConfig, TrainError};
+use crate::classify::{REASONS, Signals};
 use crate::config::ClassifyConfig;
 use crate::digest::Schedule;
 use crate::store::{LabelledBounce, NewModelVersion, Store, StoreError};
@@ -88,24 +87,46 @@ pub fn de_categories<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CategoryConf
     d.deserialize_any(Either)
 }
 
+/// Why declared categories were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CategoryError {
+    /// Empty, or with spaces or control characters.
+    #[error("invalid category name {0:?}: use one word such as gmail-throttle")]
+    BadName(String),
+    /// The name of a built-in reason.
+    #[error("category {0:?} clashes with the built-in reason of that name")]
+    ClashesWithReason(String),
+    /// Declared more than once.
+    #[error("category {0:?} is declared twice")]
+    Duplicate(String),
+}
+
 /// Check declared categories: a name is one word (no spaces or control characters), not a built-in
 /// reason, and declared once.
-pub fn validate_categories(categories: &[CategoryConfig]) -> Result<(), String> {
+pub fn validate_categories(categories: &[CategoryConfig]) -> Result<(), CategoryError> {
     let mut seen = std::collections::BTreeSet::new();
     for c in categories {
         let name = c.name.as_str();
         if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-            return Err(format!("invalid category name {name:?}: use one word such as gmail-throttle"));
+            return Err(CategoryError::BadName(name.to_string()));
         }
         if REASONS.contains(&name) {
-            return Err(format!("category {name:?} clashes with the built-in reason of that name"));
+            return Err(CategoryError::ClashesWithReason(name.to_string()));
         }
         if !seen.insert(name) {
-            return Err(format!("category {name:?} is declared twice"));
+            return Err(CategoryError::Duplicate(name.to_string()));
         }
     }
     Ok(())
 }
+
+/// A retrain schedule that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid retrain schedule {0:?}: expected off, \"every DURATION\" (at least 1s, e.g. \"every 6h\"), hourly, \
+     \"daily HH:MM\" or \"weekly DAY HH:MM\""
+)]
+pub struct ScheduleError(String);
 
 /// When `serve` retrains: `off`, `every DURATION` (e.g. `every 6h`, `every 30s`), or a schedule of
 /// [`Schedule`] (`hourly`, `daily HH:MM`, `weekly DAY HH:MM`, UTC).
@@ -133,21 +154,19 @@ impl RetrainSchedule {
 }
 
 impl FromStr for RetrainSchedule {
-    type Err = String;
+    type Err = ScheduleError;
 
-    fn from_str(s: &str) -> Result<RetrainSchedule, String> {
-        let bad = |why: &str| format!("invalid retrain schedule {s:?}: {why}");
+    fn from_str(s: &str) -> Result<RetrainSchedule, ScheduleError> {
+        let bad = || ScheduleError(s.to_string());
         match s.trim().strip_prefix("every ") {
             Some(every) => {
-                let d = crate::config::parse_duration(every).map_err(|e| bad(&e.to_string()))?;
+                let d = crate::config::parse_duration(every).map_err(|_| bad())?;
                 if d < Duration::from_secs(1) {
-                    return Err(bad("the interval must be at least 1s"));
+                    return Err(bad());
                 }
                 Ok(RetrainSchedule::Every(d))
             }
-            None => match s.parse::<Schedule>().map_err(|_| {
-                bad("expected off, \"every DURATION\" (e.g. \"every 6h\"), hourly, \"daily HH:MM\" or \"weekly DAY HH:MM\"")
-            })? {
+            None => match s.parse::<Schedule>().map_err(|_| bad())? {
                 Schedule::Off => Ok(RetrainSchedule::Off),
                 at => Ok(RetrainSchedule::At(at)),
             },
@@ -156,9 +175,9 @@ impl FromStr for RetrainSchedule {
 }
 
 impl TryFrom<String> for RetrainSchedule {
-    type Error = String;
+    type Error = ScheduleError;
 
-    fn try_from(s: String) -> Result<RetrainSchedule, String> {
+    fn try_from(s: String) -> Result<RetrainSchedule, ScheduleError> {
         s.parse()
     }
 }
@@ -360,7 +379,7 @@ pub async fn current_model(store: &Store, config: &ClassifyConfig) -> Result<(Op
 pub async fn install_active(store: &Store, config: &ClassifyConfig) -> Result<ModelSource, LifecycleError> {
     let (model, source) = current_model(store, config).await?;
     match model {
-        Some(m) => super::install(Arc::new(m), config.min_confidence),
+        Some(m) => crate::classify::install(Arc::new(m), config.min_confidence),
         None => tracing::warn!(model = %config.model.display(),
                                "no model directory and no model version in the database; reasons come from the \
                                 structured signals (status codes) alone"),
@@ -500,7 +519,7 @@ fn seeded_hash(seed: u64, value: &str) -> u64 {
 pub fn split_holdout(examples: Vec<Example>, seed: u64) -> (Vec<Example>, Vec<Example>) {
     let mut by_label: BTreeMap<String, BTreeMap<String, Vec<Example>>> = BTreeMap::new();
     for ex in examples {
-        let group = super::features::words(&super::features::normalise(&ex.text)).join(" ");
+        let group = crate::classify::features::words(&crate::classify::features::normalise(&ex.text)).join(" ");
         by_label.entry(ex.label.clone()).or_default().entry(group).or_default().push(ex);
     }
     let (mut train, mut held) = (Vec::new(), Vec::new());
@@ -531,7 +550,7 @@ pub fn accuracy(model: Option<&Model>, examples: &[Example], min_confidence: f32
     }
     let ok = examples
         .iter()
-        .filter(|ex| super::classify_signals(&ex.text, &ex.signals, model.map(|m| (m, min_confidence))).reason == ex.label)
+        .filter(|ex| crate::classify::classify_signals(&ex.text, &ex.signals, model.map(|m| (m, min_confidence))).reason == ex.label)
         .count();
     ok as f64 / examples.len() as f64
 }
@@ -739,7 +758,7 @@ pub async fn run_schedule(
             Ok(Outcome::Trained { version, metrics, model }) => {
                 tracing::info!(version, decision = %metrics.decision, "retrained from the labels");
                 if metrics.promoted {
-                    super::install(Arc::from(model), classify.min_confidence);
+                    crate::classify::install(Arc::from(model), classify.min_confidence);
                     loaded = ModelSource::Version(version);
                 }
             }
@@ -786,9 +805,9 @@ mod tests {
     fn categories_must_not_clash_with_reasons() {
         let c = |name: &str| CategoryConfig { name: name.into(), description: None, hard_bounce: false };
         assert!(validate_categories(&[c("gmail-throttle"), c("needs-whitelisting")]).is_ok());
-        assert!(validate_categories(&[c("userunknown")]).unwrap_err().contains("built-in"));
-        assert!(validate_categories(&[c("two words")]).is_err());
-        assert!(validate_categories(&[c("x"), c("x")]).unwrap_err().contains("twice"));
+        assert_eq!(validate_categories(&[c("userunknown")]), Err(CategoryError::ClashesWithReason("userunknown".into())));
+        assert_eq!(validate_categories(&[c("two words")]), Err(CategoryError::BadName("two words".into())));
+        assert_eq!(validate_categories(&[c("x"), c("x")]), Err(CategoryError::Duplicate("x".into())));
     }
 
     #[test]
