@@ -276,7 +276,9 @@ pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeq
                         to = line[8..].trim().to_string();
                         match codes.lock().unwrap().pop_front().unwrap_or(250) {
                             250 => "250 ok\r\n".into(),
-                            code => format!("{code} {}.0.0 not now\r\n", code / 100),
+                            // A 5xx refuses the recipient for good (5.1.1); a 4xx asks to come back later.
+                            code if code >= 500 => format!("{code} 5.1.1 no such recipient\r\n"),
+                            code => format!("{code} 4.0.0 not now\r\n"),
                         }
                     } else if upper.starts_with("DATA") {
                         let _ = w.write_all(b"354 go\r\n").await;
