@@ -98,6 +98,28 @@ fn empty_binary_non_utf8_and_huge_input_are_handled() {
     assert_eq!(a, b);
 }
 
+#[test]
+fn the_memory_recalls_a_training_text_whose_address_changed_and_not_an_unrelated_one() {
+    let m = model();
+    assert!(!m.memory().is_empty(), "the committed model carries its memory");
+    // The shipped model keeps the memory switched off (memory_threshold 0, see MODEL_CARD.md); its recall works.
+    let threshold = 0.9;
+    // models/corpus/diagnostics.jsonl has this Postfix text for <user@example.org> with 5.1.1 / 550.
+    let signals = Signals { status: Some("5.1.1".into()), reply_code: Some(550), ..Signals::default() };
+    let recall = |text: &str| {
+        let enc = m.encode(text, &signals, false);
+        let rows: Vec<u32> = enc.features.iter().map(|f| f.row).collect();
+        let sig: Vec<u32> = enc.signals.iter().map(|(_, r)| *r).collect();
+        m.memory().recall(&rows, &sig, m.labels().len())
+    };
+    let r = recall("<jane.roe@mail.other.example.net>: Recipient address rejected: User unknown in virtual mailbox table")
+        .expect("a match");
+    assert_eq!(m.labels()[r.label].name, "userunknown");
+    assert!(r.similarity >= threshold, "{r:?}");
+    let far = recall("the quick brown fox jumps over the lazy dog");
+    assert!(far.as_ref().is_none_or(|r| r.similarity < threshold), "{far:?}");
+}
+
 fn copy_model() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for entry in fs::read_dir(model_dir()).expect("models/ exists") {

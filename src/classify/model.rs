@@ -387,6 +387,11 @@ impl Model {
         self.config.memory_threshold = threshold;
     }
 
+    /// The nearest-neighbour memory of the training texts (empty for a model saved without one).
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
     /// Replace the nearest-neighbour memory (training builds it from its examples).
     pub fn set_memory(&mut self, memory: Memory) {
         self.memory = memory;

@@ -90,7 +90,7 @@ impl Default for TrainConfig {
             feature_dropout: 0.1,
             label_smoothing: 0.1,
             prior_weight: 0.5,
-            memory_threshold: 0.9,
+            memory_threshold: 0.0,
         }
     }
 }
