@@ -3,7 +3,7 @@
 //! `tests/fixtures/dkim`, and two independent DKIM verifiers (mail-auth against the test DNS server, and
 //! dkimpy when python3-dkim is installed).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,22 @@ pub type Inbox = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
 /// A small SMTP server: answers RCPT with the next code from `rcpt_codes` (250 when empty).
 pub async fn smtp_sink(rcpt_codes: Arc<Mutex<VecDeque<u16>>>) -> (SocketAddr, Inbox) {
+    sink(Arc::new(move |_: &str| rcpt_codes.lock().unwrap().pop_front().unwrap_or(250))).await
+}
+
+/// A small SMTP server: answers RCPT TO:<address> with the code `codes` gives the address (250 when none).
+pub async fn smtp_sink_by_recipient(codes: HashMap<String, u16>) -> (SocketAddr, Inbox) {
+    sink(Arc::new(move |rcpt: &str| {
+        let address = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
+        codes.get(address).copied().unwrap_or(250)
+    }))
+    .await
+}
+
+/// The RCPT reply code for a `RCPT TO:` argument.
+type Answer = Arc<dyn Fn(&str) -> u16 + Send + Sync>;
+
+async fn sink(answer: Answer) -> (SocketAddr, Inbox) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let inbox: Inbox = Arc::default();
@@ -35,7 +51,7 @@ pub async fn smtp_sink(rcpt_codes: Arc<Mutex<VecDeque<u16>>>) -> (SocketAddr, In
         loop {
             let Ok((conn, _)) = listener.accept().await else { return };
             let inbox = inbox2.clone();
-            let codes = rcpt_codes.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let (r, mut w) = conn.into_split();
                 let mut r = BufReader::new(r);
@@ -54,7 +70,7 @@ pub async fn smtp_sink(rcpt_codes: Arc<Mutex<VecDeque<u16>>>) -> (SocketAddr, In
                         "250 ok\r\n".into()
                     } else if upper.starts_with("RCPT TO:") {
                         to = line[8..].trim().to_string();
-                        match codes.lock().unwrap().pop_front().unwrap_or(250) {
+                        match answer(&to) {
                             250 => "250 ok\r\n".into(),
                             code => format!("{code} {}.0.0 not now\r\n", code / 100),
                         }
