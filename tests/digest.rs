@@ -33,7 +33,7 @@ use rebound::store::{Backend, NewMessage, Store};
 use sha2::{Digest as _, Sha256};
 use mail_parser::MimeHeaders;
 use spf_support::smtp::{dkimpy_verifies, fixture, mail_auth_verifies, public};
-use spf_support::{DnsServer, smtp_sink, start, txt};
+use spf_support::{DnsServer, smtp_sink, smtp_sink_by_recipient, start, txt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -519,8 +519,8 @@ async fn scheduled_digest_is_mailed_once(db: &TestDb, second: Store) {
     assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE kind = 'digest' AND status = 'queued'").await, 3);
     assert_eq!(scalar(store, "SELECT COUNT(DISTINCT report_address) FROM outgoing_reports WHERE kind = 'digest'").await, 3);
 
-    let codes = Arc::new(Mutex::new(VecDeque::from([250u16, 550, 451])));
-    let sink = smtp_sink(codes, std::time::Duration::ZERO).await;
+    let codes = [("refused@example.com".to_string(), 550), ("later@example.com".to_string(), 451)];
+    let sink = smtp_sink_by_recipient(codes.into_iter().collect()).await;
     let smtp = SmtpConfig { relay: sink.addr.to_string(), ..SmtpConfig::default() };
     let sender = Sender::new(store.clone(), &smtp, mailer.from_address(), 8, Arc::new(AtomicBool::new(true))).unwrap();
     // The sender claims one report per round (its lease covers a single delivery).

@@ -138,7 +138,9 @@ async fn insert(store: &Store, to: &str, message: &[u8], dedup_key: Option<&str>
 /// [`crate::report::sender::Sender::deliver`]); `None` when it is not queued (sent, or taken by a sender).
 pub async fn claim(store: &Store, id: i64, worker: &str, lease: Duration) -> Result<Option<ClaimedReport>, DigestError> {
     let until: DateTime<Utc> = Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::minutes(5));
-    let row: Result<Option<(i64, String, Vec<u8>, i64)>, sqlx::Error> = if let Some(pool) = store.sqlite_pool() {
+    /// id, report_address, message, attempts
+    type Row = (i64, String, Vec<u8>, i64);
+    let row: Result<Option<Row>, sqlx::Error> = if let Some(pool) = store.sqlite_pool() {
         sqlx::query_as(CLAIM).bind(id).bind(worker).bind(until.format("%Y-%m-%d %H:%M:%S").to_string()).fetch_optional(pool).await
     } else if let Some(pool) = store.postgres_pool() {
         sqlx::query_as(CLAIM).bind(id).bind(worker).bind(until).fetch_optional(pool).await

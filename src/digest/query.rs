@@ -132,21 +132,29 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
             .first()
             .is_none_or(|(n,)| *n == 0);
 
-    let messages = messages(&r).await?;
+    // Two lanes on two pooled connections (SQLite in WAL reads in parallel; the others stay free for the
+    // writers): the suppression list, the costliest part (one index seek per hard bounce of the period),
+    // beside everything else.
+    let recorded = distinct_values(&r, "reason", "the reasons recorded").await?;
+    let (suppression, rest) = tokio::try_join!(suppression(&r, &recorded), async {
+        let messages = messages(&r).await?;
+        let overview = overview(&r, &recorded).await?;
+        let new_reasons = new_reasons(&r, &overview.0, &overview.1).await?;
+        let domains = groups(&r, "recipient_domain", "recipient domains").await?;
+        let mtas = groups(&r, "remote_mta", "remote MTAs").await?;
+        let spf = spf(&r).await?;
+        let incoming = incoming(&r).await?;
+        let labelling = labelling(&r).await?;
+        Ok::<_, DigestError>((messages, overview, new_reasons, domains, mtas, spf, incoming, labelling))
+    })?;
+    let (messages, (reasons, other_events, failures, hard, series), new_reasons, domains, mtas, spf, incoming, labelling) =
+        rest;
+    let ((domains, new_domains), (mtas, new_mtas)) = (domains, mtas);
     let messages_total = Trend::new(
         messages.iter().map(|(_, t)| t.current).sum(),
         messages.iter().map(|(_, t)| t.previous).sum(),
     );
-    let (reasons, other_events, failures, hard, series) = overview(&r).await?;
     let soft = Trend::new(failures.current - hard.current, failures.previous - hard.previous);
-    let (domains, new_domains) = groups(&r, "recipient_domain", "recipient domains").await?;
-    let (mtas, new_mtas) = groups(&r, "remote_mta", "remote MTAs").await?;
-    let new_reasons = new_reasons(&r, &reasons, &other_events).await?;
-    let hard_reasons: Vec<&str> = reasons.iter().filter(|row| row.hard > 0).map(|row| row.reason.as_str()).collect();
-    let suppression = suppression(&r, &hard_reasons).await?;
-    let spf = spf(&r).await?;
-    let incoming = incoming(&r).await?;
-    let labelling = labelling(&r).await?;
 
     let period_empty = messages_total.current == 0
         && failures.current == 0
@@ -208,41 +216,46 @@ async fn messages(r: &Reader<'_>) -> Result<Vec<(String, Trend)>, DigestError> {
         .collect())
 }
 
+/// Hard bounces and all events of one reason and bucket, counted in one pass: each hard bounce adds
+/// `HARD_UNIT + 1`, any other event 1, so the sum is `hard * HARD_UNIT + all` (no bucket holds 2^32 events).
+const HARD_UNIT: i64 = 1 << 32;
+
 /// The overview of both periods in one pass over the `bounces_digest` index: failures by reason (with trend
 /// and share), the non-failure events, total failures and hard bounces, and the hard/soft series (with a
-/// zero for every empty bucket).
+/// zero for every empty bucket). `reasons` are every reason recorded.
 #[allow(clippy::type_complexity)]
 async fn overview(
     r: &Reader<'_>,
+    reasons: &[String],
 ) -> Result<(Vec<ReasonRow>, Vec<Named>, Trend, Trend, Vec<SeriesPoint>), DigestError> {
     let bucket = r.period.bucket();
     let ranges = bucket.ranges(r.period.from, r.period.until);
-    let reasons = distinct_values(r, "reason", "the reasons recorded").await?;
     let mut rows: Vec<(String, String, i64, i64)> = Vec::new();
     if !reasons.is_empty() {
-        // Two range counts (all, hard) per reason and bucket on the (reason, bounced_at, hard_bounce) index;
-        // the previous period is the bucket labelled ''.
+        // One range scan per reason and bucket on the (reason, bounced_at, hard_bounce) index, counting hard
+        // bounces and all events at once (HARD_UNIT); the previous period is the bucket labelled ''.
         let d = r.dialect;
         let mut buckets = vec![format!("('', {}, {})", d.time(r.period.previous_from()), d.time(r.period.from))];
         buckets.extend(ranges.iter().map(|(label, start, end)| format!("({}, {}, {})", quote(label), d.time(*start), d.time(*end))));
         let reason_refs: Vec<&str> = reasons.iter().map(String::as_str).collect();
-        let counts: Vec<(String, String, i64, i64)> = r
+        let counts: Vec<(String, String, Option<i64>)> = r
             .rows(
                 "bounces by reason and time",
                 &format!(
                     "SELECT b.column1, r.column1, \
-                            (SELECT COUNT(*) FROM bounces WHERE reason = r.column1 \
-                             AND bounced_at >= b.column2 AND bounced_at < b.column3 AND hard_bounce), \
-                            (SELECT COUNT(*) FROM bounces WHERE reason = r.column1 \
-                             AND bounced_at >= b.column2 AND bounced_at < b.column3) \
+                            (SELECT CAST(SUM(CASE WHEN hard_bounce THEN {} ELSE 1 END) AS BIGINT) FROM bounces \
+                             WHERE reason = r.column1 AND bounced_at >= b.column2 AND bounced_at < b.column3) \
                      FROM {}, (VALUES {}) AS b",
+                    HARD_UNIT + 1,
                     values("r", &reason_refs),
                     buckets.join(", ")
                 ),
                 &[],
             )
             .await?;
-        for (label, reason, hard, all) in counts {
+        for (label, reason, packed) in counts {
+            let packed = packed.unwrap_or(0);
+            let (hard, all) = (packed / HARD_UNIT, packed % HARD_UNIT);
             if hard > 0 {
                 rows.push((label.clone(), reason.clone(), 1, hard));
             }
@@ -446,16 +459,16 @@ fn shorten(text: Option<String>) -> String {
 /// Addresses that hard-bounced in the period and whose latest event (of all time) is that hard bounce:
 /// the period's part of the `suppression_list` view, newest first.
 ///
-/// `hard_reasons` are the reasons with hard bounces in the period: naming them lets the query seek the
-/// `(reason, bounced_at, hard_bounce, recipient)` index instead of reading the period's rows.
-async fn suppression(r: &Reader<'_>, hard_reasons: &[&str]) -> Result<Listing<SuppressRow>, DigestError> {
-    if hard_reasons.is_empty() {
+/// `reasons` are every reason recorded: naming them lets the count seek the `(reason, bounced_at,
+/// hard_bounce, recipient)` index (and read `hard_bounce` from it) instead of reading the period's rows.
+async fn suppression(r: &Reader<'_>, reasons: &[String]) -> Result<Listing<SuppressRow>, DigestError> {
+    if reasons.is_empty() {
         return Ok(Listing { total: 0, rows: Vec::new() });
     }
     let latest = "b.bounced_at >= $1 AND b.bounced_at < $2 AND b.hard_bounce \
          AND NOT EXISTS (SELECT 1 FROM bounces l WHERE l.recipient = b.recipient AND l.bounced_at >= b.bounced_at \
                          AND (l.bounced_at > b.bounced_at OR l.id > b.id))";
-    let reasons: Vec<String> = hard_reasons.iter().map(|reason| quote(reason)).collect();
+    let reasons: Vec<String> = reasons.iter().map(|reason| quote(reason)).collect();
     // The count seeks each hard reason's range; the newest rows walk the time index backwards and stop at LIST.
     let total = r
         .rows::<(i64,)>(

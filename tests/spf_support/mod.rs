@@ -243,6 +243,19 @@ impl Drop for SmtpSink {
 /// Starts a sink that answers RCPT with the next code of `rcpt_codes` (250 when empty) and waits
 /// `greeting_delay` before its 220 greeting (as a tarpitting relay does).
 pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>, greeting_delay: std::time::Duration) -> SmtpSink {
+    sink_answering(Arc::new(move |_: &str| rcpt_codes.lock().unwrap().pop_front().unwrap_or(250)), greeting_delay).await
+}
+
+/// Starts a sink that answers `RCPT TO:<address>` with the code `codes` gives the address (250 when none).
+pub async fn smtp_sink_by_recipient(codes: std::collections::HashMap<String, u16>) -> SmtpSink {
+    let answer = move |rcpt: &str| codes.get(rcpt.trim().trim_start_matches('<').trim_end_matches('>')).copied().unwrap_or(250);
+    sink_answering(Arc::new(answer), std::time::Duration::ZERO).await
+}
+
+/// The RCPT reply code for a `RCPT TO:` argument.
+type Answer = Arc<dyn Fn(&str) -> u16 + Send + Sync>;
+
+async fn sink_answering(answer: Answer, greeting_delay: std::time::Duration) -> SmtpSink {
     use tokio::io::AsyncBufReadExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
     let addr = listener.local_addr().expect("sink addr");
@@ -254,7 +267,7 @@ pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeq
             let Ok((conn, _)) = listener.accept().await else { return };
             connections2.fetch_add(1, Ordering::SeqCst);
             let inbox = inbox2.clone();
-            let codes = rcpt_codes.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(greeting_delay).await;
                 let (r, mut w) = conn.into_split();
@@ -274,7 +287,7 @@ pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeq
                         "250 ok\r\n".into()
                     } else if upper.starts_with("RCPT TO:") {
                         to = line[8..].trim().to_string();
-                        match codes.lock().unwrap().pop_front().unwrap_or(250) {
+                        match answer(&to) {
                             250 => "250 ok\r\n".into(),
                             // A 5xx refuses the recipient for good (5.1.1); a 4xx asks to come back later.
                             code if code >= 500 => format!("{code} 5.1.1 no such recipient\r\n"),
