@@ -51,6 +51,9 @@ pub struct SpfConfig {
     pub dns_timeout_secs: u64,
     /// Clients in these networks (CIDR) are not checked: the policy answers DUNNO.
     pub trusted_networks: Vec<String>,
+    /// Answer a check only once it is committed to `spf_checks` (a crash then loses no answered check;
+    /// each answer waits for a commit). Default false: answer at once, write right after.
+    pub answer_after_store: bool,
 }
 
 impl Default for SpfConfig {
@@ -63,6 +66,7 @@ impl Default for SpfConfig {
             dns: DnsSetting::One("system".into()),
             dns_timeout_secs: 2,
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            answer_after_store: false,
         }
     }
 }

@@ -104,7 +104,10 @@ pub async fn start(sections: SpfSections<'_>, store: Store, shutdown: watch::Rec
     let policy_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
     let (events, rx) = mpsc::channel(10_000);
-    let service = Arc::new(PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events)));
+    let service = Arc::new(
+        PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events))
+            .with_answer_after_store(spf.answer_after_store),
+    );
     let mut tasks = vec![
         tokio::spawn(run_writer(store.clone(), rx, reporter.clone())),
         tokio::spawn(service.serve(listener, stopped(shutdown.clone()))),
