@@ -25,7 +25,7 @@ fn run(processes: usize, messages: &[Vec<u8>], clients: usize) -> f64 {
     let dirs: Vec<tempfile::TempDir> = (0..processes).map(|_| tempfile::tempdir().unwrap()).collect();
     // One at a time, so the migrations are done once before the others start.
     let mut servers: Vec<Server> =
-        dirs.iter().map(|d| Server::launch(d.path(), &schema.url, "max_batch = 256\ncommit_delay = \"2ms\"", "", "rebound=warn")).collect();
+        dirs.iter().map(|d| Server::launch(d.path(), &schema.url, "max_batch = 256\ncommit_delay = \"2ms\"", "", "rebound=info")).collect();
     let started = Instant::now();
     std::thread::scope(|s| {
         for c in 0..clients {

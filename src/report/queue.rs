@@ -147,6 +147,9 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
         for attempt in 1..=5 {
             match store.save_spf_checks(&items).await {
                 Ok(results) => {
+                    for stored in batch.iter().filter_map(|e| e.stored.as_ref()) {
+                        stored.notify_one();
+                    }
                     for queued in results.iter().flat_map(|(_, q)| q) {
                         match queued {
                             Queued::Queued(id) => {

@@ -54,6 +54,9 @@ pub struct SpfConfig {
     /// Networks (CIDR) whose clients (MTAs) may connect to the policy server; empty allows every one.
     /// Others are answered `defer_if_permit` and closed, with a log line.
     pub allow_networks: Vec<String>,
+    /// Answer a check only once it is committed to `spf_checks` (a crash then loses no answered check;
+    /// each answer waits for a commit). Default false: answer at once, write right after.
+    pub answer_after_store: bool,
 }
 
 impl Default for SpfConfig {
@@ -67,6 +70,7 @@ impl Default for SpfConfig {
             dns_timeout_secs: 2,
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             allow_networks: Vec::new(),
+            answer_after_store: false,
         }
     }
 }

@@ -110,7 +110,9 @@ pub async fn start(sections: SpfSections<'_>, store: Store, shutdown: watch::Rec
 
     let (events, rx) = mpsc::channel(10_000);
     let service = Arc::new(
-        PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events)).with_allowed(allow),
+        PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events))
+            .with_allowed(allow)
+            .with_answer_after_store(spf.answer_after_store),
     );
     let mut tasks = vec![
         tokio::spawn(run_writer(store.clone(), rx, reporter.clone())),
