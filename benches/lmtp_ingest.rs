@@ -11,6 +11,9 @@
 //! Run: `cargo bench --bench lmtp_ingest` (REBOUND_BENCH_MESSAGES=N to change the count, default 4000;
 //! REBOUND_BENCH_CLIENTS=N, default 8).
 
+#[path = "util/mod.rs"]
+mod util;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -149,6 +152,8 @@ fn main() {
     let messages = workload(&sources, n);
     let bytes: usize = messages.iter().map(Vec::len).sum();
     println!("messages: {n} ({label}), {:.1} MiB, mean {} bytes", bytes as f64 / 1048576.0, bytes / n);
+
+    println!("load average (1, 5, 15 min): {}", util::load_average());
 
     let group_cfg = "max_batch = 256\ncommit_delay = \"2ms\"";
     let single_cfg = "max_batch = 1\ncommit_delay = \"0ms\"";

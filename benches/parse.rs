@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench parse` (rounds: `REBOUND_BENCH_ROUNDS`, default 20, split over 5 trials).
 
+#[path = "util/mod.rs"]
+mod util;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,6 +57,8 @@ fn main() {
         files.len(),
         bytes as f64 / 1048576.0
     );
+
+    println!("load average (1, 5, 15 min): {}", util::load_average());
 
     let mut ours = |raw: &[u8]| rebound::parse::parse(raw).recipients.len();
     let mut baseline = |raw: &[u8]| MessageParser::default().parse(raw).map(|m| m.parts.len()).unwrap_or(0);

@@ -52,26 +52,29 @@ const OPAQUE_SUBTYPE: &str = "x-rbnd";
 /// is never this copy.
 pub(crate) fn hide_nested_messages(data: &mut Cow<'_, [u8]>) {
     const FIELD: &[u8] = b"content-type:";
-    let mut at = Vec::new();
     let bytes: &[u8] = data;
-    for line_start in std::iter::once(0).chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1)) {
-        let line = &bytes[line_start..];
-        if line.len() < FIELD.len() || !line[..FIELD.len()].eq_ignore_ascii_case(FIELD) {
-            continue;
-        }
-        let value = FIELD.len() + line[FIELD.len()..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-        let Some(ctype) = line.get(value..value + 14) else { continue };
-        if ctype[..8].eq_ignore_ascii_case(b"message/")
-            && (ctype[8..].eq_ignore_ascii_case(b"rfc822") || ctype[8..].eq_ignore_ascii_case(b"global"))
-            && line.get(value + 14).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+    // Each `message/rfc822` (or `global`) starts 7 bytes before a slash; the field name stands before it,
+    // at the start of a line, with only whitespace (folding included) between the colon and the value.
+    let names_nested = |slash: usize| {
+        let Some(ctype) = slash.checked_sub(7).and_then(|start| bytes.get(start..slash + 7)) else { return false };
+        let subtype = &ctype[8..];
+        if !ctype[..7].eq_ignore_ascii_case(b"message")
+            || !(subtype.eq_ignore_ascii_case(b"rfc822") || subtype.eq_ignore_ascii_case(b"global"))
+            || bytes.get(slash + 7).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-')
         {
-            at.push(line_start + value + 8);
+            return false;
         }
-    }
-    if !at.is_empty() {
+        let value = slash - 7;
+        let colon_end = value - bytes[..value].iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+        colon_end.checked_sub(FIELD.len()).is_some_and(|field| {
+            bytes[field..colon_end].eq_ignore_ascii_case(FIELD) && (field == 0 || bytes[field - 1] == b'\n')
+        })
+    };
+    let subtypes: Vec<usize> = memchr::memchr_iter(b'/', bytes).filter(|&s| names_nested(s)).map(|s| s + 1).collect();
+    if !subtypes.is_empty() {
         let owned = data.to_mut();
-        for i in at {
-            owned[i..i + 6].copy_from_slice(OPAQUE_SUBTYPE.as_bytes());
+        for i in subtypes {
+            owned[i..i + OPAQUE_SUBTYPE.len()].copy_from_slice(OPAQUE_SUBTYPE.as_bytes());
         }
     }
 }
@@ -273,6 +276,20 @@ pub(crate) fn walk<'a>(message: &'a Message<'a>) -> Walk<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attached_messages_are_renamed_in_content_type_fields_only() {
+        let raw = "Content-Type: multipart/report\r\n\r\n--b\r\nContent-Type:\r\n Message/RFC822\r\n\r\n\
+                   Content-Type: message/global; x=1\r\n\r\nsee message/rfc822 and X-Content-Type: message/rfc822\r\n\
+                   Content-Type: message/rfc822-headers\r\n";
+        let mut data = std::borrow::Cow::Borrowed(raw.as_bytes());
+        super::hide_nested_messages(&mut data);
+        let expected = raw.replacen("Message/RFC822", "Message/x-rbnd", 1).replacen("message/global", "message/x-rbnd", 1);
+        assert_eq!(String::from_utf8_lossy(&data), expected);
+        let mut plain = std::borrow::Cow::Borrowed(&b"Subject: message/rfc822\n\nbody"[..]);
+        super::hide_nested_messages(&mut plain);
+        assert!(matches!(plain, std::borrow::Cow::Borrowed(_)), "nothing to rename, nothing copied");
+    }
+
     #[test]
     fn received_for_clause() {
         let v = "from a by b with esmtp id x\n\tfor <Kiji@Example.ORG>; Fri, 01 Oct 2010 19:15:19 +0900";
