@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::classify::lifecycle::{CategoryConfig, RetrainSchedule};
 use crate::digest::DigestConfig;
 use crate::metrics::MetricsConfig;
 use crate::report::config::{ReportSpfConfig, SmtpConfig};
@@ -92,11 +93,28 @@ pub struct ClassifyConfig {
     pub model: PathBuf,
     /// Below this confidence the model answers `onhold` instead of guessing.
     pub min_confidence: f32,
+    /// Users' own categories (`[[classify.categories]]` or `[classify.categories.NAME]`), synced to the
+    /// `categories` table at start and learned beside the built-in reasons.
+    #[serde(deserialize_with = "crate::classify::lifecycle::de_categories")]
+    pub categories: Vec<CategoryConfig>,
+    /// When `serve` looks for new labels and retrains.
+    pub retrain_schedule: RetrainSchedule,
+    /// Retrain only when at least this many labels are newer than the last trained version.
+    pub min_new_labels: usize,
+    /// The built-in training corpus (JSONL) retraining starts from.
+    pub train_corpus: PathBuf,
 }
 
 impl Default for ClassifyConfig {
     fn default() -> Self {
-        ClassifyConfig { model: PathBuf::from("models"), min_confidence: crate::classify::DEFAULT_MIN_CONFIDENCE }
+        ClassifyConfig {
+            model: PathBuf::from("models"),
+            min_confidence: crate::classify::DEFAULT_MIN_CONFIDENCE,
+            categories: Vec::new(),
+            retrain_schedule: RetrainSchedule::Off,
+            min_new_labels: 20,
+            train_corpus: PathBuf::from(crate::cli::model::DEFAULT_CORPUS),
+        }
     }
 }
 
@@ -246,7 +264,15 @@ impl Config {
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
             return Err(invalid("classify.min_confidence", "must be between 0 and 1"));
         }
+        crate::classify::lifecycle::validate_categories(&self.classify.categories)
+            .map_err(|e| invalid("classify.categories", &e))?;
+        if self.classify.min_new_labels == 0 {
+            return Err(invalid("classify.min_new_labels", "must be at least 1"));
+        }
         self.digest.validate().map_err(|e| invalid("digest", &e.to_string()))?;
+        if !self.digest.to.is_empty() {
+            self.smtp.validate().map_err(|e| invalid("smtp", &e.to_string()))?;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.validate().map_err(|e| invalid("metrics.listen", &e.to_string()))?;
         }
@@ -338,6 +364,8 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid { key: "database.url", .. }), "{e}");
         let e = parse("[ingest.lmtp]\nmax_connections = 0\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.max_connections", .. }), "{e}");
+        let e = parse("[[classify.categories]]\nname = \"mailboxfull\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "classify.categories", .. }), "{e}");
         let e = parse("[classify]\nmin_confidence = 1.5\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "classify.min_confidence", .. }), "{e}");
     }
@@ -353,6 +381,30 @@ mod tests {
         assert!(AllowList::default().allows("203.0.113.1".parse().unwrap()), "empty allows everyone");
         let e = parse("[ingest.lmtp]\nallow_networks = [\"10.0.0.0/33\"]\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.allow_networks", .. }), "{e}");
+    }
+
+    #[test]
+    fn custom_categories_in_either_form_and_a_retrain_schedule() {
+        let list = parse(
+            "[classify]\nretrain_schedule = \"every 6h\"\nmin_new_labels = 5\n\
+             [[classify.categories]]\nname = \"gmail-throttle\"\ndescription = \"Gmail rate limiting\"\n\
+             [[classify.categories]]\nname = \"needs-whitelisting\"\nhard_bounce = true\n",
+        )
+        .unwrap();
+        let table = parse(
+            "[classify.categories.gmail-throttle]\ndescription = \"Gmail rate limiting\"\n\
+             [classify.categories.needs-whitelisting]\nhard_bounce = true\n",
+        )
+        .unwrap();
+        assert_eq!(list.classify.categories, table.classify.categories);
+        assert_eq!(list.classify.categories[1].name, "needs-whitelisting");
+        assert!(list.classify.categories[1].hard_bounce && !list.classify.categories[0].hard_bounce);
+        assert_eq!(list.classify.retrain_schedule.to_string(), "every 21600s");
+        assert_eq!(list.classify.min_new_labels, 5);
+        let e = parse("[classify.categories.x]\nhard = true\n").unwrap_err();
+        assert!(e.to_string().contains("hard"), "{e}");
+        let e = parse("[classify]\nretrain_schedule = \"often\"\n").unwrap_err();
+        assert!(e.to_string().contains("retrain schedule"), "{e}");
     }
 
     #[test]

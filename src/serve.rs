@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::classify::lifecycle;
 use crate::config::{AllowList, AllowListError, Config};
 use crate::ingest::lmtp;
 use crate::ingest::writer::Writer;
@@ -23,12 +24,18 @@ pub enum ServeError {
     /// The signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(#[source] std::io::Error),
-    /// The model of `[classify]` exists but cannot be loaded.
+    /// The model (the active database version, else the directory of `[classify]`) cannot be loaded.
     #[error("cannot load the model: {0}")]
-    Model(#[source] crate::classify::ModelError),
+    Model(#[source] crate::classify::lifecycle::LifecycleError),
     /// The SPF side (policy server, report writer and sender) could not start.
     #[error("cannot start the SPF policy server: {0}")]
     Spf(#[source] crate::spf::server::StartError),
+    /// Mailed digests (`[digest] to`) cannot be set up: a bad `from`, a DKIM key, the relay.
+    #[error("cannot mail digests: {0}")]
+    DigestMail(#[source] crate::digest::DigestError),
+    /// The sender of mailed digests could not be set up.
+    #[error("cannot start the sender of mailed digests: {0}")]
+    DigestSender(#[source] crate::report::sender::SenderError),
     /// The metrics address could not be bound.
     #[error("cannot start the metrics server: {0}")]
     Metrics(#[source] crate::metrics::MetricsError),
@@ -81,7 +88,6 @@ pub fn shutdown_on_signals() -> Result<watch::Receiver<bool>, ServeError> {
 /// Run the service until `shutdown` turns true; returns once every message in flight is answered (or the
 /// grace period is over) and the writer has committed what it was given.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
-    crate::ingest::install_model(&config.classify).map_err(ServeError::Model)?;
     let allow = AllowList::parse(&config.ingest.lmtp.allow_networks).map_err(ServeError::AllowList)?;
     let url = &config.database.url;
     let store = tokio::select! {
@@ -92,6 +98,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         }
     };
     tracing::info!(database = %redact_url(url), "database open");
+    let database_error = |source| ServeError::Database { url: redact_url(url), source };
+    lifecycle::sync_categories(&store, &config.classify.categories).await.map_err(database_error)?;
+    let loaded = lifecycle::install_active(&store, &config.classify).await.map_err(|e| match e {
+        lifecycle::LifecycleError::Store(source) => database_error(source),
+        e => ServeError::Model(e),
+    })?;
+    let retrain_task = tokio::spawn(lifecycle::run_schedule(
+        store.clone(),
+        config.classify.clone(),
+        retrain_options(config.classify.clone()),
+        loaded,
+        signalled(shutdown.clone()),
+    ));
     let spf = match &config.spf {
         Some(spf) => {
             let sections = SpfSections { spf, report: &config.report.spf, dkim: &config.dkim, smtp: &config.smtp };
@@ -110,11 +129,36 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         }
         None => None,
     };
+    let mailer = if config.digest.to.is_empty() {
+        None
+    } else {
+        Some(
+            crate::digest::mail::Mailer::from_config(&config.digest, &config.dkim, &config.report.spf.sign)
+                .map_err(ServeError::DigestMail)?,
+        )
+    };
+    // Mailed digests go through the report outbox: its sender runs with the SPF side when reports are on,
+    // else here, for the digests alone.
+    let digest_sender = match &mailer {
+        Some(mailer) if !crate::digest::mail::report_sender_runs(&config) => {
+            let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let sender = crate::report::sender::Sender::new(
+                store.clone(),
+                &config.smtp,
+                crate::digest::mail::envelope_sender(&config, mailer),
+                config.report.spf.max_attempts,
+                enabled,
+            )
+            .map_err(ServeError::DigestSender)?;
+            Some(tokio::spawn(sender.run(signalled(shutdown.clone()))))
+        }
+        _ => None,
+    };
     let digest_store = store.clone();
     let digest_config = config.digest.clone();
     let digest_shutdown = signalled(shutdown.clone());
     let digest_task = tokio::spawn(async move {
-        if let Err(e) = crate::digest::schedule::run(digest_store, digest_config, digest_shutdown).await {
+        if let Err(e) = crate::digest::schedule::run(digest_store, digest_config, mailer, digest_shutdown).await {
             tracing::error!(error = %e, "the digest schedule stopped");
         }
     });
@@ -139,13 +183,31 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             Err(_) => tracing::warn!("an SPF task did not stop within the shutdown grace"),
         }
     }
-    for task in [Some(digest_task), metrics_task].into_iter().flatten() {
+    for task in [Some(digest_task), digest_sender, metrics_task].into_iter().flatten() {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!("the digest schedule or metrics server did not stop within the shutdown grace");
+            tracing::warn!("the digest schedule, its sender or the metrics server did not stop within the shutdown grace");
         }
     }
+    // A retraining in progress is abandoned (nothing is recorded before it ends).
+    retrain_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What each scheduled retraining starts from: `[classify] train_corpus`, read afresh, and the default
+/// hyper-parameters (fixed seed).
+fn retrain_options(
+    classify: crate::config::ClassifyConfig,
+) -> impl Fn() -> Result<lifecycle::RetrainOptions, lifecycle::LifecycleError> {
+    move || {
+        Ok(lifecycle::RetrainOptions {
+            base: lifecycle::base_examples(&classify.train_corpus, None, false)?,
+            base_name: classify.train_corpus.display().to_string(),
+            train: crate::classify::train::TrainConfig::default(),
+            classify: classify.clone(),
+            min_new_labels: classify.min_new_labels,
+        })
+    }
 }
 
 /// A future that resolves once `shutdown` turns true (or its sender is gone).

@@ -338,6 +338,7 @@ fn classify_text_prints_one_verdict_and_explains_it() {
     assert_eq!(rows[0]["hard_bounce"], true);
     assert!(rows[0]["file"].is_null() && rows[0]["recipient"].is_null());
     assert!(rows[0]["diagnostic"].as_str().unwrap().starts_with("550 5.1.1"));
+    assert_eq!((rows[0]["reply_code"].as_u64(), rows[0]["status"].as_str()), (Some(550), Some("5.1.1")), "{}", rows[0]);
     let table = rebound(&["classify", "--format", "table", "--text", "452 4.2.2 Mailbox full"]);
     assert_eq!(code(&table), 0);
     assert!(stdout(&table).lines().nth(1).unwrap().contains("mailboxfull"), "{}", stdout(&table));

@@ -4,21 +4,41 @@
 //! `REBOUND_TEST_POSTGRES_URL` is set, on Postgres; rendered as text and HTML, and the HTML in headless
 //! Chromium (screenshot non-empty, no console errors).
 //!
+//! Mailed digests go through the report outbox and sender to an SMTP sink on 127.0.0.1 and must arrive as
+//! multipart/alternative with valid DKIM signatures; the report metrics are read back from /metrics.
+//!
 //! Without ../shared/corpus the corpus tests print why they skip; without /usr/bin/chromium the browser test
 //! does. `REBOUND_UPDATE_SCREENSHOT=1` copies the browser's screenshot to docs/digest-example.png.
 
+mod spf_support;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
+use rebound::cli::DbOptions;
 use rebound::cli::digest::{DigestArgs, run};
 use rebound::digest::{self, Digest, Format, Period, Since, render};
-use rebound::store::{Backend, NewMessage, Store, redact_url};
+use rebound::digest::mail::Mailer;
+use rebound::digest::{DigestConfig, schedule};
+use rebound::metrics::{self, MetricsConfig};
+use rebound::report::config::SmtpConfig;
+use rebound::report::dkim::{Algorithm, DkimKeyConfig};
+use rebound::report::sender::Sender;
+use rebound::store::spf::{CheckItem, Queued, ReportToQueue, SpfCheckRow};
+use rebound::store::{Backend, NewMessage, Store};
 use sha2::{Digest as _, Sha256};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor};
+use mail_parser::MimeHeaders;
+use spf_support::smtp::{dkimpy_verifies, fixture, mail_auth_verifies, public};
+use spf_support::{DnsServer, smtp_sink, start, txt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
+mod common;
+
+use common::db::{TestDb, execute, scalar};
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
@@ -28,76 +48,6 @@ fn corpus() -> Option<PathBuf> {
         eprintln!("skipping: {} is absent (the shared corpus is read, never copied)", dir.display());
         None
     }
-}
-
-/// A migrated store and what keeps it alive.
-struct TestDb {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((url, name)) = self.schema.take() else { return };
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                conn.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("warning: could not drop a test schema");
-        }
-    }
-}
-
-async fn sqlite() -> TestDb {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", dir.path().join("rebound.db").display());
-    TestDb { store: Store::open(&url).await.expect("open SQLite"), _dir: Some(dir), schema: None }
-}
-
-async fn postgres(test: &str) -> Option<TestDb> {
-    let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipping Postgres variant of {test}: {POSTGRES_ENV} is not set");
-        return None;
-    };
-    let name = format!("rebound_digest_{}_{test}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={} is set but unreachable: {e}", redact_url(&url)));
-    admin.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.expect("drop old schema");
-    admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.expect("create schema");
-    let options = PgConnectOptions::from_str(&url).expect("URL").options([("search_path", &name)]);
-    let store = Store::connect_postgres(options).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    Some(TestDb { store, _dir: None, schema: Some((url, name)) })
-}
-
-/// Run `$body` with `$pool` bound to the store's pool, whichever backend it is.
-macro_rules! with_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        if let Some($pool) = $store.sqlite_pool() {
-            $body
-        } else if let Some($pool) = $store.postgres_pool() {
-            $body
-        } else {
-            unreachable!("a store has one of the two pools")
-        }
-    };
-}
-
-async fn scalar(store: &Store, sql: &str) -> i64 {
-    with_pool!(store, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn execute(store: &Store, sql: &str) {
-    with_pool!(store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// A time as an SQL literal of the backend.
@@ -327,7 +277,7 @@ fn check_rendering(d: &Digest) -> String {
 #[tokio::test]
 async fn corpus_digest_on_sqlite() {
     let Some(corpus) = corpus() else { return };
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;
@@ -338,7 +288,7 @@ async fn corpus_digest_on_sqlite() {
 #[tokio::test]
 async fn corpus_digest_on_postgres() {
     let Some(corpus) = corpus() else { return };
-    let Some(db) = postgres("corpus").await else { return };
+    let Some(db) = TestDb::postgres("corpus").await else { return };
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;
@@ -362,18 +312,18 @@ async fn empty_database_gives_a_friendly_digest(db: &TestDb) {
 
 #[tokio::test]
 async fn empty_database_on_sqlite() {
-    empty_database_gives_a_friendly_digest(&sqlite().await).await;
+    empty_database_gives_a_friendly_digest(&TestDb::sqlite().await).await;
 }
 
 #[tokio::test]
 async fn empty_database_on_postgres() {
-    let Some(db) = postgres("empty").await else { return };
+    let Some(db) = TestDb::postgres("empty").await else { return };
     empty_database_gives_a_friendly_digest(&db).await;
 }
 
 #[tokio::test]
 async fn quiet_period_in_a_database_with_data_says_so() {
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     add_spf(&db.store).await;
     // The 24 hours that ended 10 days ago: the SPF checks are all later.
     let until = Utc::now() - Duration::days(10);
@@ -394,14 +344,16 @@ async fn cli_writes_the_digest_file_and_refuses_a_bad_period() {
         until: None,
         format: Format::Html,
         out: Some(out.clone()),
-        db: db.clone(),
+        mail_to: vec![],
+        wait: 60,
+        db: DbOptions { db: Some(db.clone()), config: None },
     };
     assert_eq!(run(args("7d")).await.unwrap(), 0);
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("the last 7 days") && html.contains("Nothing stored yet"));
     assert_eq!(run(args("7 fortnights")).await.unwrap(), 64);
     assert_eq!(run(args("0h")).await.unwrap(), 64);
-    let bad_db = DigestArgs { db: "mysql://nowhere/x".to_string(), ..args("1d") };
+    let bad_db = DigestArgs { db: DbOptions { db: Some("mysql://nowhere/x".to_string()), config: None }, ..args("1d") };
     assert_eq!(run(bad_db).await.unwrap(), 64, "an unsupported database URL is a usage error");
 }
 
@@ -415,7 +367,7 @@ async fn html_digest_renders_in_headless_chromium() {
         return;
     }
     let Some(corpus) = corpus() else { return };
-    let db = sqlite().await;
+    let db = TestDb::sqlite().await;
     let now = Utc::now();
     ingest_corpus(&db.store, &corpus, now).await;
     add_spf(&db.store).await;
@@ -459,3 +411,271 @@ async fn html_digest_renders_in_headless_chromium() {
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Mailed digests, through the report outbox and sender, to an SMTP sink on 127.0.0.1.
+
+/// Tests that queue or deliver outbox entries run one at a time, so the report metrics (one registry per
+/// process) move only because of the test that reads them.
+static OUTBOX: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+/// The DKIM test keys as `[dkim.rsa]` and `[dkim.ed]`.
+fn dkim_keys() -> BTreeMap<String, DkimKeyConfig> {
+    [("rsa", "rsa2048.pem", Algorithm::RsaSha256), ("ed", "ed25519.pem", Algorithm::Ed25519Sha256)]
+        .into_iter()
+        .map(|(name, file, algorithm)| {
+            let config =
+                DkimKeyConfig { domain: "ours.example".into(), selector: name.into(), key: fixture(file), algorithm };
+            (name.to_string(), config)
+        })
+        .collect()
+}
+
+/// A DNS server publishing the public halves of [`dkim_keys`].
+async fn dkim_zone() -> DnsServer {
+    start(&[
+        ("rsa._domainkey.ours.example", txt(&format!("v=DKIM1; k=rsa; p={}", public("rsa2048.pub.b64")))),
+        ("ed._domainkey.ours.example", txt(&format!("v=DKIM1; k=ed25519; p={}", public("ed25519.pub.b64")))),
+    ])
+    .await
+}
+
+fn mail_config(to: &[&str]) -> DigestConfig {
+    DigestConfig {
+        schedule: "daily 07:00".parse().unwrap(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        from: "digests@ours.example".into(),
+        sign: vec!["rsa".into(), "ed".into()],
+        ..DigestConfig::default()
+    }
+}
+
+/// `GET /metrics` from a metrics server started for the call.
+async fn scrape() -> String {
+    let listener = metrics::bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(metrics::serve(listener, None, async {
+        let _ = stopped.await;
+    }));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_string(&mut response))
+        .await
+        .expect("a response within 10 s")
+        .unwrap();
+    let _ = stop.send(());
+    server.await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `series` (name and labels as written) in an exposition.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// A mailed digest as the relay got it: multipart/alternative with the text digest and the HTML digest of
+/// `d` as its two parts, and every DKIM signature valid (mail-auth against `dns`, and dkimpy).
+async fn check_mailed(raw: &[u8], d: &Digest, dns: &DnsServer, signatures: usize) {
+    let message = mail_parser::MessageParser::default().parse(raw).expect("the digest parses as a message");
+    let content_type = message.content_type().expect("a Content-Type");
+    assert_eq!((content_type.ctype(), content_type.subtype()), ("multipart", Some("alternative")));
+    assert_eq!((message.text_body_count(), message.html_body_count()), (1, 1));
+    let same = |a: &str, b: &str| a.replace("\r\n", "\n").trim_end() == b.replace("\r\n", "\n").trim_end();
+    assert!(same(&message.body_text(0).unwrap(), &render::text(d).unwrap()), "the text part is the text digest");
+    assert!(same(&message.body_html(0).unwrap(), &render::html(d).unwrap()), "the HTML part is the HTML digest");
+    assert!(message.subject().unwrap().starts_with("rebound digest"), "{:?}", message.subject());
+    assert_eq!(message.header_raw("Auto-Submitted").map(str::trim), Some("auto-generated"));
+    assert_eq!(mail_auth_verifies(dns.addr, raw).await, signatures);
+    let keys = [("rsa", "rsa2048.pub.b64", "rsa"), ("ed", "ed25519.pub.b64", "ed25519")];
+    dkimpy_verifies(raw, &keys[..signatures]);
+}
+
+/// A scheduled digest made by two processes at once is queued once per recipient; the report sender
+/// delivers it (one accepted, one refused, one deferred for a retry), every attempt is recorded, and
+/// /metrics counts each step.
+async fn scheduled_digest_is_mailed_once(db: &TestDb, second: Store) {
+    let _outbox = OUTBOX.lock().await;
+    let store = &db.store;
+    let dns = dkim_zone().await;
+    let config = mail_config(&["ops@example.com", "refused@example.com", "later@example.com"]);
+    let mailer = Mailer::from_config(&config, &dkim_keys(), &[]).expect("mailer");
+    let before = scrape().await;
+
+    let (since, due) = ("24h".parse::<Since>().unwrap(), Utc::now());
+    let (a, b) = tokio::join!(
+        schedule::make(store, &config, Some(&mailer), since, due),
+        schedule::make(&second, &config, Some(&mailer), since, due),
+    );
+    a.expect("first process");
+    b.expect("second process");
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE kind = 'digest' AND status = 'queued'").await, 3);
+    assert_eq!(scalar(store, "SELECT COUNT(DISTINCT report_address) FROM outgoing_reports WHERE kind = 'digest'").await, 3);
+
+    let codes = Arc::new(Mutex::new(VecDeque::from([250u16, 550, 451])));
+    let sink = smtp_sink(codes, std::time::Duration::ZERO).await;
+    let smtp = SmtpConfig { relay: sink.addr.to_string(), ..SmtpConfig::default() };
+    let sender = Sender::new(store.clone(), &smtp, mailer.from_address(), 8, Arc::new(AtomicBool::new(true))).unwrap();
+    // The sender claims one report per round (its lease covers a single delivery).
+    let mut attempted = 0;
+    for _ in 0..3 {
+        attempted += sender.round().await;
+    }
+    assert_eq!(attempted, 3);
+
+    let status = |address: &str| {
+        format!("SELECT COUNT(*) FROM outgoing_reports WHERE kind = 'digest' AND report_address = '{address}' AND ")
+    };
+    assert_eq!(scalar(store, &format!("{} status = 'sent' AND attempts = 1", status("ops@example.com"))).await, 1);
+    assert_eq!(scalar(store, &format!("{} status = 'failed'", status("refused@example.com"))).await, 1);
+    assert_eq!(scalar(store, &format!("{} status = 'queued' AND attempts = 1", status("later@example.com"))).await, 1);
+    assert_eq!(
+        scalar(store, "SELECT COUNT(*) FROM report_attempts a JOIN outgoing_reports o ON o.id = a.report_id WHERE o.kind = 'digest'").await,
+        3
+    );
+
+    let after = scrape().await;
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(delta("rebound_reports_total{event=\"queued\"}"), 3.0);
+    assert_eq!(delta("rebound_reports_total{event=\"sent\"}"), 1.0);
+    assert_eq!(delta("rebound_reports_total{event=\"failed\"}"), 1.0);
+    assert_eq!(sample(&after, "rebound_report_queue_depth"), 1.0, "the deferred digest waits in the outbox");
+
+    let (from, to, raw) = sink.inbox.lock().unwrap().pop().expect("the accepted digest at the sink");
+    assert_eq!((from.as_str(), to.as_str()), ("<digests@ours.example>", "<ops@example.com>"));
+    let d = digest::collect(store, Period::ending(due, since)).await.unwrap();
+    check_mailed(&raw, &d, &dns, 2).await;
+}
+
+#[tokio::test]
+async fn scheduled_digest_is_mailed_once_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    let second = db.store.clone();
+    scheduled_digest_is_mailed_once(&db, second).await;
+}
+
+#[tokio::test]
+async fn scheduled_digest_is_mailed_once_on_postgres() {
+    let Some(db) = TestDb::postgres("mailed").await else { return };
+    // A second pool on the same schema: another `rebound serve` sharing the database.
+    let second = Store::open(&db.url).await.expect("second connection");
+    scheduled_digest_is_mailed_once(&db, second.clone()).await;
+    second.close().await;
+}
+
+#[tokio::test]
+async fn cli_mails_the_digest_through_the_relay() {
+    let _outbox = OUTBOX.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let dns = dkim_zone().await;
+    let sink = smtp_sink(Arc::new(Mutex::new(VecDeque::from([250u16, 550]))), std::time::Duration::ZERO).await;
+    let config = dir.path().join("rebound.toml");
+    let write_config = |from: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = \"{url}\"\n[smtp]\nrelay = \"{}\"\ntimeout_secs = 5\n\
+                 [dkim.rsa]\ndomain = \"ours.example\"\nselector = \"rsa\"\nkey = \"{}\"\nalgorithm = \"rsa-sha256\"\n\
+                 [digest]\nfrom = \"{from}\"\nsign = [\"rsa\"]\n",
+                sink.addr,
+                fixture("rsa2048.pem").display()
+            ),
+        )
+        .unwrap()
+    };
+    write_config("digests@ours.example");
+    let args = |to: &str| DigestArgs {
+        since: "7d".to_string(),
+        until: None,
+        format: Format::Text,
+        out: None,
+        mail_to: vec![to.to_string()],
+        wait: 30,
+        db: DbOptions { db: None, config: Some(config.clone()) },
+    };
+    assert_eq!(run(args("ops@example.com")).await.unwrap(), 0, "delivered at once");
+    let (_, to, raw) = sink.inbox.lock().unwrap().pop().expect("the digest at the sink");
+    assert_eq!(to, "<ops@example.com>");
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM outgoing_reports WHERE kind = 'digest' AND status = 'sent'").await, 1);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("multipart/alternative") && text.contains("Nothing stored yet"), "{text}");
+    assert_eq!(mail_auth_verifies(dns.addr, &raw).await, 1);
+    dkimpy_verifies(&raw, &[("rsa", "rsa2048.pub.b64", "rsa")]);
+
+    assert_eq!(run(args("refused@example.com")).await.unwrap(), 1, "a refused digest is an error");
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM outgoing_reports WHERE kind = 'digest' AND status = 'failed'").await, 1);
+    assert_eq!(run(args("not an address")).await.unwrap(), 64);
+    write_config("");
+    assert_eq!(run(args("ops@example.com")).await.unwrap(), 64, "mailing needs [digest] from");
+    store.close().await;
+}
+
+/// SPF reports refused by the per-address limit are counted (in the writer's transaction) and the digest
+/// shows the figure beside sent and suppressed.
+async fn rate_limited_reports_are_in_the_digest(db: &TestDb) {
+    let row = SpfCheckRow {
+        checked_at: Utc::now(),
+        client_ip: "203.0.113.7".into(),
+        client_name: None,
+        helo: Some("bad.example.net".into()),
+        mail_from: Some("someone@example.org".into()),
+        rcpt_to: Some("victim@ours.example".into()),
+        queue_id: None,
+        identity: "mail_from",
+        domain: "example.org".into(),
+        result: "fail",
+        explanation: None,
+        record: Some("v=spf1 -all ra=spf".into()),
+        mechanism: Some("-all".into()),
+        action: Some("reject".into()),
+    };
+    let item = |message: &[u8]| CheckItem {
+        rows: vec![row.clone()],
+        reports: vec![ReportToQueue {
+            row: 0,
+            kind: "spf-failure",
+            domain: "example.org".into(),
+            address: "spf@example.org".into(),
+            mail_from: "someone@example.org".into(),
+            message: message.to_vec(),
+            per_address: 1,
+            period: std::time::Duration::from_secs(86_400),
+            max_per_hour: 100,
+        }],
+    };
+    // The last one was not even built: the writer saw the limit reached before signing.
+    let items = [item(b"report 1"), item(b"report 2"), item(b"report 3"), item(b"")];
+    let outcomes: Vec<_> = db.store.save_spf_checks(&items).await.unwrap().into_iter().map(|(_, q)| q).collect();
+    assert!(matches!(outcomes[0][..], [Queued::Queued(_)]), "{outcomes:?}");
+    assert!(outcomes[1..].iter().all(|q| q[..] == [Queued::RateLimited]), "{outcomes:?}");
+
+    let d = digest::collect(&db.store, Period::ending(Utc::now() + Duration::seconds(1), "24h".parse().unwrap())).await.unwrap();
+    assert_eq!(d.spf.rate_limited, 3);
+    let outbox: Vec<(&str, i64)> = d.spf.outbox.iter().map(|n| (n.name.as_str(), n.count)).collect();
+    assert_eq!(outbox, [("queued", 1)]);
+    assert_eq!(d.spf.suppressed_because[0].name, "the per-address rate limit");
+    assert_eq!(d.spf.suppressed_because[0].count, 3);
+    let text = render::text(&d).unwrap();
+    assert!(text.contains("queued 1, rate-limited 3"), "{text}");
+    assert!(render::html(&d).unwrap().contains("rate-limited 3"));
+}
+
+#[tokio::test]
+async fn rate_limited_reports_are_in_the_digest_on_sqlite() {
+    rate_limited_reports_are_in_the_digest(&TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn rate_limited_reports_are_in_the_digest_on_postgres() {
+    let Some(db) = TestDb::postgres("ratelimited").await else { return };
+    rate_limited_reports_are_in_the_digest(&db).await;
+}

@@ -9,13 +9,11 @@ mod spf_support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mail_auth::report::{AuthFailureType, Feedback};
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rebound::report::config::{ReportSpfConfig, SmtpConfig};
 use rebound::report::dkim::{Algorithm, DkimKey, DkimKeyConfig};
 use rebound::report::queue::{Reporter, run_writer};
@@ -25,95 +23,20 @@ use rebound::spf::config::PolicyMode;
 use rebound::spf::dns::{DnsOptions, DnsResolver, DnsServers};
 use rebound::spf::policy::{PolicyService, PolicySettings};
 use rebound::store::Store;
-use spf_support::{DnsServer, start, txt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use spf_support::smtp::{dkimpy_verifies, fixture, mail_auth_verifies, public};
+use spf_support::{DnsServer, smtp_sink, start, txt};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkim").join(name)
-}
-
-fn public(name: &str) -> String {
-    std::fs::read_to_string(fixture(name)).unwrap().trim().to_string()
-}
 
 async fn zone() -> DnsServer {
     start(&[
         ("example.com", txt("v=spf1 ip4:192.0.2.0/24 -all ra=spf-reports rr=f:s")),
         ("quiet.example", txt("v=spf1 ip4:192.0.2.0/24 -all")),
+        ("mx.helo.example", txt("v=spf1 ip4:192.0.2.0/24 -all ra=helo-reports rr=f")),
         ("rsa._domainkey.ours.example", txt(&format!("v=DKIM1; k=rsa; p={}", public("rsa2048.pub.b64")))),
         ("ed._domainkey.ours.example", txt(&format!("v=DKIM1; k=ed25519; p={}", public("ed25519.pub.b64")))),
     ])
     .await
-}
-
-/// What the sink received: (MAIL FROM, RCPT TO, DATA).
-type Inbox = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
-
-/// A small SMTP server: answers RCPT with the next code from `rcpt_codes` (250 when empty).
-async fn smtp_sink(rcpt_codes: Arc<Mutex<VecDeque<u16>>>) -> (SocketAddr, Inbox) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let inbox: Inbox = Arc::default();
-    let inbox2 = inbox.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else { return };
-            let inbox = inbox2.clone();
-            let codes = rcpt_codes.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = conn.into_split();
-                let mut r = BufReader::new(r);
-                let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
-                let (mut from, mut to) = (String::new(), String::new());
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let upper = line.to_ascii_uppercase();
-                    let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                        "250-sink.test\r\n250 8BITMIME\r\n".into()
-                    } else if upper.starts_with("MAIL FROM:") {
-                        from = line[10..].trim().to_string();
-                        "250 ok\r\n".into()
-                    } else if upper.starts_with("RCPT TO:") {
-                        to = line[8..].trim().to_string();
-                        match codes.lock().unwrap().pop_front().unwrap_or(250) {
-                            250 => "250 ok\r\n".into(),
-                            code => format!("{code} {}.0.0 not now\r\n", code / 100),
-                        }
-                    } else if upper.starts_with("DATA") {
-                        let _ = w.write_all(b"354 go\r\n").await;
-                        let mut data = Vec::new();
-                        loop {
-                            let mut l = Vec::new();
-                            if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if l == b".\r\n" {
-                                break;
-                            }
-                            let l = if l.starts_with(b"..") { l[1..].to_vec() } else { l };
-                            data.extend_from_slice(&l);
-                        }
-                        inbox.lock().unwrap().push((from.clone(), to.clone(), data));
-                        "250 queued\r\n".into()
-                    } else if upper.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        "250 ok\r\n".into()
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, inbox)
 }
 
 struct Setup {
@@ -165,22 +88,15 @@ async fn setup(rate: &str) -> Setup {
 
 /// Sends `n` failing checks (distinct transactions) for `sender` over one connection.
 async fn fail_checks(policy: SocketAddr, sender: &str, n: usize) {
-    let (r, mut w) = TcpStream::connect(policy).await.unwrap().into_split();
-    let mut r = BufReader::new(r);
+    checks(policy, "bad.example.net", sender, n).await;
+}
+
+/// Sends `n` checks (distinct transactions) for `helo` and `sender` over one connection, each from
+/// another client address of 203.0.113.0/24.
+async fn checks(policy: SocketAddr, helo: &str, sender: &str, n: usize) {
     for i in 0..n {
-        let req = format!(
-            "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=203.0.113.{}\nhelo_name=bad.example.net\n\
-             sender={sender}\nrecipient=victim@ours.example\ninstance=flood.{sender}.{i}\n\n",
-            i % 250 + 1
-        );
-        w.write_all(req.as_bytes()).await.unwrap();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).await.unwrap();
-            if line == "\n" {
-                break;
-            }
-        }
+        let ip = format!("203.0.113.{}", i % 250 + 1);
+        spf_support::policy_checks(policy, &ip, helo, sender, &format!("flood.{sender}.{i}"), 1).await;
     }
 }
 
@@ -216,7 +132,8 @@ async fn a_failure_becomes_a_signed_arf_report_delivered_over_smtp() {
                          WHERE c.identity = 'mail_from' AND c.result = 'fail' AND o.status = 'queued'").await,
         1
     );
-    let (sink, inbox) = smtp_sink(Arc::default()).await;
+    let sink = smtp_sink(Arc::default(), Duration::ZERO).await;
+    let (sink, inbox) = (sink.addr, sink.inbox.clone());
     assert_eq!(sender(&s, sink, true).round().await, 1);
     let (from, to, raw) = inbox.lock().unwrap().pop().expect("a report at the sink");
     assert_eq!(from, "<reports@ours.example>");
@@ -240,42 +157,8 @@ async fn a_failure_becomes_a_signed_arf_report_delivered_over_smtp() {
     assert!(text.contains("text/rfc822-headers") && text.contains("Received-SPF: fail"), "{text}");
 
     // Both DKIM signatures verify against the keys published in the test DNS.
-    let mut config = mail_auth::hickory_resolver::config::ResolverConfig::from_parts(None, vec![], vec![]);
-    let mut udp = mail_auth::hickory_resolver::config::ConnectionConfig::udp();
-    udp.port = s.dns.addr.port();
-    config.add_name_server(mail_auth::hickory_resolver::config::NameServerConfig::new(s.dns.addr.ip(), true, vec![udp]));
-    let auth = MessageAuthenticator::new(config, Default::default()).unwrap();
-    let message = AuthenticatedMessage::parse(&raw).unwrap();
-    let results = auth.verify_dkim(&message).await;
-    assert_eq!(results.len(), 2);
-    for r in &results {
-        assert_eq!(r.result(), &DkimResult::Pass, "{:?}", results.iter().map(|r| (r.signature().map(|s| s.s.clone()), r.result().clone())).collect::<Vec<_>>());
-    }
+    assert_eq!(mail_auth_verifies(s.dns.addr, &raw).await, 2);
     dkimpy_verifies(&raw, &[("rsa", "rsa2048.pub.b64", "rsa"), ("ed", "ed25519.pub.b64", "ed25519")]);
-}
-
-/// An independent DKIM verifier: dkimpy (Debian's python3-dkim), fed the same public keys.
-fn dkimpy_verifies(raw: &[u8], keys: &[(&str, &str, &str)]) {
-    let ok = std::process::Command::new("/usr/bin/python3").args(["-c", "import dkim"]).output().map(|o| o.status.success());
-    if !matches!(ok, Ok(true)) {
-        println!("dkimpy check SKIPPED: /usr/bin/python3 cannot import dkim (apt-get install python3-dkim)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let msg = dir.path().join("report.eml");
-    std::fs::write(&msg, raw).unwrap();
-    let mut records = String::new();
-    for (selector, file, k) in keys {
-        records.push_str(&format!("b'{selector}._domainkey.ours.example.': b'v=DKIM1; k={k}; p={}',", public(file)));
-    }
-    let script = format!(
-        "import dkim, sys\nrecs = {{{records}}}\nmsg = open(sys.argv[1], 'rb').read()\n\
-         def dns(name, timeout=5):\n    return recs.get(name if name.endswith(b'.') else name + b'.')\n\
-         d = dkim.DKIM(msg)\nn = sum(1 for h in d.headers if h[0].lower() == b'dkim-signature')\n\
-         ok = [d.verify(idx=i, dnsfunc=dns) for i in range(n)]\nprint(ok)\nsys.exit(0 if len(ok) == 2 and all(ok) else 1)\n"
-    );
-    let out = std::process::Command::new("/usr/bin/python3").arg("-c").arg(&script).arg(&msg).output().unwrap();
-    assert!(out.status.success(), "dkimpy: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
@@ -297,7 +180,8 @@ async fn a_deferring_relay_gets_the_report_again_and_every_attempt_is_recorded()
     fail_checks(s.policy, "someone@example.com", 1).await;
     assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 1).await, 1);
     let codes = Arc::new(Mutex::new(VecDeque::from([451u16])));
-    let (sink, inbox) = smtp_sink(codes).await;
+    let sink = smtp_sink(codes, Duration::ZERO).await;
+    let (sink, inbox) = (sink.addr, sink.inbox.clone());
     let sender = sender(&s, sink, true);
     assert_eq!(sender.round().await, 1);
     assert!(inbox.lock().unwrap().is_empty());
@@ -317,7 +201,8 @@ async fn the_kill_switch_stops_sending_and_a_dead_senders_claim_expires() {
     let s = setup("1/1d").await;
     fail_checks(s.policy, "someone@example.com", 1).await;
     assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 1).await, 1);
-    let (sink, inbox) = smtp_sink(Arc::default()).await;
+    let sink = smtp_sink(Arc::default(), Duration::ZERO).await;
+    let (sink, inbox) = (sink.addr, sink.inbox.clone());
     let off = sender(&s, sink, false).with_idle(Duration::from_millis(20));
     off.run(tokio::time::sleep(Duration::from_millis(200))).await;
     assert!(inbox.lock().unwrap().is_empty());
@@ -358,4 +243,50 @@ Diagnostic-Code: smtp; 550 5.1.1 <SPF-Reports@example.com>: Recipient address re
     fail_checks(s.policy, "someone@example.com", 3).await;
     assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE identity = 'mail_from'", 3).await, 3);
     assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 0);
+}
+
+#[tokio::test]
+async fn a_failing_helo_identity_is_reported_to_the_domain_that_asked() {
+    let s = setup("1/1d").await;
+    checks(s.policy, "mx.helo.example", "someone@example.com", 1).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM outgoing_reports", 2).await, 2);
+    // Each report points at the check of its own identity.
+    assert_eq!(
+        count(&s.store, "SELECT COUNT(*) FROM outgoing_reports o JOIN spf_checks c ON c.id = o.check_id \
+                         WHERE c.identity = 'helo' AND c.domain = 'mx.helo.example' \
+                         AND o.report_address = 'helo-reports@mx.helo.example'").await,
+        1
+    );
+    assert_eq!(
+        count(&s.store, "SELECT COUNT(*) FROM outgoing_reports o JOIN spf_checks c ON c.id = o.check_id \
+                         WHERE c.identity = 'mail_from' AND o.report_address = 'spf-reports@example.com'").await,
+        1
+    );
+    let sink = smtp_sink(Arc::default(), Duration::ZERO).await;
+    let sender = sender(&s, sink.addr, true);
+    assert_eq!(sender.round().await + sender.round().await, 2);
+    let inbox = sink.inbox.lock().unwrap().clone();
+    let (_, _, raw) = inbox.iter().find(|(_, to, _)| to == "<helo-reports@mx.helo.example>").expect("the HELO report");
+    let feedback = Feedback::parse_rfc5322(raw).expect("mail-auth parses the HELO report as ARF");
+    assert_eq!(feedback.auth_failure(), AuthFailureType::Spf);
+    assert_eq!(feedback.reported_domain(), &["mx.helo.example"]);
+    assert!(feedback.spf_dns().unwrap().contains("ra=helo-reports"));
+    let text = String::from_utf8_lossy(raw);
+    assert!(text.contains("Identity checked: helo postmaster@mx.helo.example"), "{text}");
+
+    // A HELO whose domain publishes no ra= gets no report.
+    checks(s.policy, "quiet.example", "x@quiet.example", 1).await;
+    assert_eq!(wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE domain = 'quiet.example'", 2).await, 2);
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 2);
+}
+
+#[tokio::test]
+async fn helo_and_mail_from_failing_for_one_domain_give_one_report() {
+    let s = setup("10/1d").await;
+    checks(s.policy, "example.com", "someone@example.com", 1).await;
+    assert_eq!(
+        wait_for(&s.store, "SELECT COUNT(*) FROM spf_checks WHERE domain = 'example.com' AND result = 'fail'", 2).await,
+        2
+    );
+    assert_eq!(count(&s.store, "SELECT COUNT(*) FROM outgoing_reports").await, 1);
 }

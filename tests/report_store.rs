@@ -3,15 +3,15 @@
 //! transaction, the per-address rate and the global hourly cap held in the database, claims that never
 //! hand one report to two senders at once, attempts recorded.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::Utc;
 use rebound::store::spf::{AttemptOutcome, CheckItem, Queued, ReportToQueue, SpfCheckRow};
 use rebound::store::Store;
-use sqlx::{Connection, Executor};
 
-const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
+mod common;
+
+use common::db::{TestDb, scalar};
 
 fn row(n: usize) -> SpfCheckRow {
     SpfCheckRow {
@@ -50,22 +50,24 @@ async fn exercise(store: &Store) {
     // Three checks for one address, rate 2 per day: two reports, then rate-limited.
     let mut outcomes = Vec::new();
     for n in 0..3 {
-        let item = CheckItem { rows: vec![row(n)], report: Some(report("r@example.com", 2, 100)) };
+        let item = CheckItem { rows: vec![row(n)], reports: vec![report("r@example.com", 2, 100)] };
         outcomes.extend(store.save_spf_checks(&[item]).await.unwrap());
     }
-    assert!(matches!(outcomes[0].1, Some(Queued::Queued(_))));
-    assert!(matches!(outcomes[1].1, Some(Queued::Queued(_))));
-    assert_eq!(outcomes[2].1, Some(Queued::RateLimited));
+    assert!(matches!(outcomes[0].1[..], [Queued::Queued(_)]));
+    assert!(matches!(outcomes[1].1[..], [Queued::Queued(_)]));
+    assert_eq!(outcomes[2].1, [Queued::RateLimited]);
     assert_eq!(outcomes.iter().map(|(ids, _)| ids.len()).sum::<usize>(), 3, "every check is stored");
-    assert!(store.report_limit_reached(&report("r@example.com", 2, 100)).await.unwrap());
+    assert_eq!(store.reports_used(&report("r@example.com", 2, 100)).await.unwrap(), 2);
     // The global cap: 3 per hour in all; two used above.
     let batch: Vec<CheckItem> = (0..3)
-        .map(|n| CheckItem { rows: vec![row(n)], report: Some(report(&format!("a{n}@example.org"), 5, 3)) })
+        .map(|n| CheckItem { rows: vec![row(n)], reports: vec![report(&format!("a{n}@example.org"), 5, 3)] })
         .collect();
     let results = store.save_spf_checks(&batch).await.unwrap();
-    assert!(matches!(results[0].1, Some(Queued::Queued(_))));
-    assert_eq!(results[1].1, Some(Queued::HourlyCap));
-    assert_eq!(results[2].1, Some(Queued::HourlyCap));
+    assert!(matches!(results[0].1[..], [Queued::Queued(_)]));
+    assert_eq!(results[1].1, [Queued::HourlyCap]);
+    assert_eq!(results[2].1, [Queued::HourlyCap]);
+    // An address refused by the hourly cap keeps its share: nothing was taken from it.
+    assert_eq!(store.reports_used(&report("a1@example.org", 5, 3)).await.unwrap(), 0);
 
     // Two senders claim at the same time: each report goes to exactly one.
     let (a, b) = tokio::join!(
@@ -88,46 +90,26 @@ async fn exercise(store: &Store) {
     store.record_report_attempt(ids[2], AttemptOutcome::Permanent, Some(550), "550 no", 5, None).await.unwrap();
 }
 
-async fn count(store: &Store, sql: &str) -> i64 {
-    if let Some(pool) = store.sqlite_pool() {
-        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-    } else {
-        sqlx::query_scalar(sql).fetch_one(store.postgres_pool().unwrap()).await.unwrap()
-    }
-}
-
 async fn check_counts(store: &Store) {
-    assert_eq!(count(store, "SELECT COUNT(*) FROM spf_checks").await, 6);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports").await, 3);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE check_id IS NOT NULL").await, 3);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM report_attempts").await, 3);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'queued' AND attempts = 1").await, 1);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent'").await, 1);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'failed'").await, 1);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM spf_checks").await, 6);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports").await, 3);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE check_id IS NOT NULL").await, 3);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM report_attempts").await, 3);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'queued' AND attempts = 1").await, 1);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent'").await, 1);
+    assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'failed'").await, 1);
 }
 
 #[tokio::test]
 async fn sqlite_holds_limits_and_claims_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
-    exercise(&store).await;
-    check_counts(&store).await;
+    let db = TestDb::sqlite().await;
+    exercise(&db.store).await;
+    check_counts(&db.store).await;
 }
 
 #[tokio::test]
 async fn postgres_holds_limits_and_claims_once_with_skip_locked() {
-    let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        println!("SKIPPED postgres_holds_limits_and_claims_once_with_skip_locked: {POSTGRES_ENV} is not set");
-        return;
-    };
-    let schema = format!("rebound_test_spf_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&url).await.expect("the test Postgres");
-    admin.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str()).await.unwrap();
-    admin.execute(format!("CREATE SCHEMA {schema}").as_str()).await.unwrap();
-    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", &schema)]);
-    let store = Store::connect_postgres(options).await.unwrap();
-    store.migrate().await.unwrap();
-    exercise(&store).await;
-    check_counts(&store).await;
-    admin.execute(format!("DROP SCHEMA {schema} CASCADE").as_str()).await.unwrap();
+    let Some(db) = TestDb::postgres("spf_report_store").await else { return };
+    exercise(&db.store).await;
+    check_counts(&db.store).await;
 }

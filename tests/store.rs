@@ -8,113 +8,16 @@ use std::str::FromStr;
 
 use rebound::classify::{Classification, DecidedBy, REASONS};
 use rebound::parse::{FeedbackReport, Kind, OriginalMessage, Parsed, Recipient};
-use rebound::store::{Backend, NewMessage, NewModelVersion, SaveOutcome, Store, StoreErrorKind, redact_url};
+use rebound::store::{Backend, NewMessage, NewModelVersion, SaveOutcome, Store, StoreErrorKind};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, Row};
 
+mod common;
+
+use common::db::{TestDb, execute, scalar, text, texts};
+
 const POSTGRES_ENV: &str = "REBOUND_TEST_POSTGRES_URL";
-
-/// A migrated store for one test, and what to clean up after it.
-struct TestDb {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-    _schema: Option<PgSchema>,
-}
-
-/// A Postgres schema created for one test and dropped when the test ends (even by a panic).
-struct PgSchema {
-    url: String,
-    name: String,
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let url = self.url.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-        // Drop runs inside the test's runtime; use a thread with its own runtime to run the async cleanup.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                // A failed test may leave a transaction of its own holding locks: give up rather than hang.
-                conn.execute("SET lock_timeout = '5s'").await.ok()?;
-                conn.execute(sql.as_str()).await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("warning: could not drop test schema {}", self.name);
-        }
-    }
-}
-
-impl TestDb {
-    async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("rebound.db").display());
-        let store = Store::open(&url).await.expect("open SQLite store");
-        assert_eq!(store.backend(), Backend::Sqlite);
-        TestDb { store, _dir: Some(dir), _schema: None }
-    }
-
-    /// `None` (after saying why) when no test Postgres is configured.
-    async fn postgres(test: &str) -> Option<TestDb> {
-        let Ok(url) = std::env::var(POSTGRES_ENV) else {
-            eprintln!("skipping Postgres variant of {test}: {POSTGRES_ENV} is not set");
-            return None;
-        };
-        // Unique and within Postgres' 63-byte identifier limit: process id, a counter, the test's name cut short.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let short: String = test.chars().take(30).collect();
-        let name = format!("rebound_test_{}_{n}_{short}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={} is set but unreachable: {e}", redact_url(&url)));
-        admin.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await.expect("drop old schema");
-        admin.execute(format!("CREATE SCHEMA {name}").as_str()).await.expect("create test schema");
-        let schema = PgSchema { url: url.clone(), name: name.clone() };
-        let options = PgConnectOptions::from_str(&url).expect("Postgres URL").options([("search_path", &name)]);
-        let store = Store::connect_postgres(options).await.expect("connect to Postgres");
-        store.migrate().await.expect("migrate Postgres schema");
-        assert_eq!(store.backend(), Backend::Postgres);
-        Some(TestDb { store, _dir: None, _schema: Some(schema) })
-    }
-}
-
-/// Run `$body` with `$pool` bound to whichever concrete pool the store has (the body compiles for both).
-macro_rules! with_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        if let Some($pool) = $store.sqlite_pool() {
-            $body
-        } else if let Some($pool) = $store.postgres_pool() {
-            $body
-        } else {
-            unreachable!("a store has one of the two pools")
-        }
-    };
-}
-
-async fn scalar(store: &Store, sql: &str) -> i64 {
-    with_pool!(store, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn text(store: &Store, sql: &str) -> Option<String> {
-    with_pool!(store, pool => sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(pool).await)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn texts(store: &Store, sql: &str) -> Vec<String> {
-    with_pool!(store, pool => sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn execute(store: &Store, sql: &str) {
-    with_pool!(store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// A recipient of a test report.
 struct Rcpt<'a> {
@@ -658,7 +561,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let db = super::TestDb::sqlite().await;
+                    let db = crate::TestDb::sqlite().await;
                     super::$name(&db).await;
                 }
             )*
@@ -667,7 +570,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let Some(db) = super::TestDb::postgres(stringify!($name)).await else { return };
+                    let Some(db) = crate::TestDb::postgres(stringify!($name)).await else { return };
                     super::$name(&db).await;
                 }
             )*

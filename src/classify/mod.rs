@@ -4,7 +4,8 @@
 //! Two deciders: the structured-signal prior ([`status`]) and the trained neural classifier ([`model`],
 //! trained by [`train`] on [`features`]). [`init`] loads a model directory once and installs it for the whole
 //! process; [`classify_all`] uses it when installed and the prior otherwise. Apart from [`init`] (which reads
-//! the model files) everything here is pure: no I/O, no database, no async.
+//! the model files) and [`lifecycle`] (retraining from the database's labels, model versions) everything here
+//! is pure: no I/O, no database, no async.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 pub mod features;
+pub mod lifecycle;
 pub mod model;
 pub mod perturb;
 pub mod train;
@@ -170,21 +172,17 @@ fn text_signals(recipient: &crate::parse::Recipient) -> Signals {
     Signals { kind: None, ..Signals::of_recipient(crate::parse::Kind::Bounce, recipient) }
 }
 
-/// A recipient carrying a bare text's own reply code and enhanced status code (the first of each).
-fn recipient_of_text(text: &str) -> crate::parse::Recipient {
-    use std::sync::OnceLock;
-    static CODES: OnceLock<(regex::Regex, regex::Regex)> = OnceLock::new();
-    let (reply_re, status_re) = CODES.get_or_init(|| {
-        (
-            regex::Regex::new(r"^\s*([245]\d\d)\b").expect("valid reply-code pattern"),
-            regex::Regex::new(r"\b([245]\.\d{1,3}\.\d{1,3})\b").expect("valid status pattern"),
-        )
-    });
+/// A recipient carrying a bare text's own signals, read as the parser reads a diagnostic
+/// ([`crate::parse::smtp`]): the reply code and enhanced status of its failure reply and the SMTP command
+/// it answered. Texts are cut at [`MAX_TEXT_CHARS`].
+pub fn recipient_of_text(text: &str) -> crate::parse::Recipient {
     let head: String = text.chars().take(MAX_TEXT_CHARS).collect();
+    let (reply_code, status) = crate::parse::smtp::codes(&head);
     crate::parse::Recipient {
-        reply_code: reply_re.captures(&head).and_then(|c| c[1].parse().ok()),
-        status: status_re.captures(&head).map(|c| c[1].to_string()),
-        diagnostic: Some(head.clone()),
+        smtp_command: crate::parse::smtp::smtp_command_for(&head, reply_code).map(str::to_string),
+        reply_code,
+        status,
+        diagnostic: Some(head),
         ..crate::parse::Recipient::default()
     }
 }

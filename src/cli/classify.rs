@@ -8,11 +8,13 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Failure;
+use crate::classify::lifecycle::{self, LifecycleError};
 use crate::classify::{self, Classification, Explanation};
 use crate::config::{ClassifyConfig, LmtpConfig};
 use crate::exit;
 use crate::ingest::files::{Messages, RawMessage};
 use crate::parse::{self, Parsed, Recipient};
+use crate::store::{Store, redact_url};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,7 +31,7 @@ pub enum Format {
 JSON fields: file, kind (dsn|bounce|arf|autoreply|unparsed), recipient, action, status, reply_code, \
 diagnostic, reason, hard_bounce, confidence, decided_by; `index` for messages of an mbox file and \
 `parse_error` when there is one. A message without recipients gives one line with recipient null. With \
---text: one line with `diagnostic` the text and the classification (the other fields null).
+--text: one line with `diagnostic` the text, the reply code and status read from it, and the classification.
 Exit 65 when a file cannot be read or is over the size limit (the others are still printed).
 
 Examples:
@@ -51,6 +53,10 @@ pub struct ClassifyArgs {
     /// Model directory; without one there, reasons come from the status codes alone.
     #[arg(long, value_name = "DIR", default_value = "models")]
     pub model: PathBuf,
+    /// Classify with the model version active in this database (`rebound model train --from-db`), else the
+    /// --model directory. Without it no database is used.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
     /// Files, directories (recursive), Maildirs, mbox files.
     #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -79,9 +85,23 @@ struct Row {
 }
 
 /// Print the classification of every recipient of every message below the paths.
-pub fn run(args: ClassifyArgs) -> Result<i32, Failure> {
+pub async fn run(args: ClassifyArgs) -> Result<i32, Failure> {
     let model = ClassifyConfig { model: args.model.clone(), ..ClassifyConfig::default() };
-    crate::ingest::install_model(&model).map_err(Failure::usage)?;
+    match &args.db {
+        Some(url) => {
+            let store = Store::open(url)
+                .await
+                .map_err(|e| Failure::temporary(anyhow::anyhow!("cannot open database {}: {e}", redact_url(url))))?;
+            lifecycle::install_active(&store, &model).await.map_err(|e| match e {
+                LifecycleError::Store(e) => Failure::temporary(e),
+                e => Failure::usage(e),
+            })?;
+            store.close().await;
+        }
+        None => {
+            crate::ingest::install_model(&model).map_err(Failure::usage)?;
+        }
+    }
     let limit = LmtpConfig::default().max_message_size;
     let mut rows = Vec::new();
     let stdout = io::stdout();
@@ -144,14 +164,15 @@ fn write_json(out: &mut impl Write, row: &Row) -> io::Result<()> {
 /// The row of one bare diagnostic text.
 fn text_row(text: &str, explain: bool) -> Row {
     let c = classify::classify_text(text);
+    let signals = classify::recipient_of_text(text);
     Row {
         file: None,
         index: None,
         kind: None,
         recipient: None,
         action: None,
-        status: None,
-        reply_code: None,
+        status: signals.status,
+        reply_code: signals.reply_code,
         diagnostic: Some(text.to_string()),
         reason: Some(c.reason.clone()),
         hard_bounce: Some(c.hard_bounce),

@@ -46,12 +46,13 @@ pub async fn run(args: IngestArgs) -> Result<i32, Failure> {
         return Err(Failure::usage(anyhow!("'-' (stdin) must be the only PATH")));
     }
     let config = args.db.resolve()?;
-    // Nothing is stored without its classification: a broken model is a temporary failure (pipe(8) retries).
-    crate::ingest::install_model(&config.classify).map_err(Failure::temporary)?;
     let url = &config.database.url;
     let store = Store::open(url)
         .await
         .map_err(|e| Failure::temporary(anyhow!("cannot open database {}: {e}", redact_url(url))))?;
+    // Nothing is stored without its classification: a broken model (the database's active version, else the
+    // shipped one) is a temporary failure (pipe(8) retries).
+    crate::classify::lifecycle::install_active(&store, &config.classify).await.map_err(Failure::temporary)?;
     let (writer, writer_task) = Writer::spawn(store, config.ingest.max_batch, config.ingest.commit_delay);
     let limit = config.ingest.lmtp.max_message_size;
     // pipe(8) passes an empty ${sender} for the null sender of a bounce.

@@ -5,9 +5,11 @@ pub mod classify;
 pub mod db;
 pub mod digest;
 pub mod ingest;
+pub mod label;
 pub mod model;
 pub mod serve;
 pub mod spf;
+pub mod versions;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -56,8 +58,10 @@ pub enum Command {
     Db(db::DbArgs),
     /// Write a digest of a period (HTML with charts, or plain text): `rebound digest --since 7d --out d.html`.
     Digest(digest::DigestArgs),
-    /// Train, evaluate and perturb the classifier's model.
+    /// Train, evaluate and perturb the classifier's model; list and roll back its database versions.
     Model(model::ModelArgs),
+    /// Confirm a bounce's reason or custom category: `rebound label 42 mailboxfull`.
+    Label(label::LabelArgs),
     /// SPF checks (RFC 7208): `rebound spf check --ip IP --helo NAME --mail-from ADDR`.
     Spf(spf::SpfArgs),
 }
@@ -141,9 +145,10 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
-            Command::Classify(args) => classify::run(args),
+            Command::Classify(args) => classify::run(args).await,
             Command::Db(args) => db::run(args).await,
-            Command::Model(args) => model::run(args).await.map_err(Failure::data),
+            Command::Model(args) => model::run(args).await,
+            Command::Label(args) => label::run(args).await,
             Command::Digest(args) => digest::run(args).await.map_err(Failure::temporary),
             Command::Spf(args) => spf::run(args).await.map_err(Failure::temporary),
         }

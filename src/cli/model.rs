@@ -51,6 +51,10 @@ pub enum ModelCommand {
     Eval(EvalArgs),
     /// Write the perturbed evaluation set (paraphrased, status codes stripped) of a JSONL corpus.
     Perturb(PerturbArgs),
+    /// The model versions trained from the database's labels, with their figures (* = active).
+    List(super::versions::ListArgs),
+    /// Activate an earlier model version (default: the one promoted before the active one).
+    Rollback(super::versions::RollbackArgs),
 }
 
 /// Options shared by training and cross-validation.
@@ -86,7 +90,8 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    fn config(&self) -> TrainConfig {
+    /// The hyper-parameters these options give.
+    pub fn config(&self) -> TrainConfig {
         TrainConfig {
             seed: self.seed,
             epochs: self.epochs,
@@ -100,7 +105,8 @@ impl TrainOptions {
 
 /// Arguments of `rebound model train`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  nice -n 10 rebound model train --seed 42 --out models")]
+#[command(after_help = "Examples:\n  nice -n 10 rebound model train --seed 42 --out models\n  \
+rebound model train --from-db --config config/rebound.toml   corpus + labels, kept in the database")]
 pub struct TrainArgs {
     /// Training options.
     #[command(flatten)]
@@ -108,6 +114,14 @@ pub struct TrainArgs {
     /// Where to write the artifacts.
     #[arg(long, default_value = DEFAULT_MODEL_DIR, value_name = "DIR")]
     pub out: PathBuf,
+    /// Also learn from the labels in the database (custom categories included); the model is stored as a
+    /// new version in the database and promoted only if it is not worse than the one in use on held-back
+    /// labels (models/ is left alone).
+    #[arg(long, conflicts_with = "out")]
+    pub from_db: bool,
+    /// With --from-db: where the database is (and [classify] of the config).
+    #[command(flatten)]
+    pub db: super::DbOptions,
 }
 
 /// How k-fold groups are formed.
@@ -171,11 +185,16 @@ pub struct PerturbArgs {
 }
 
 /// Run a `model` subcommand; returns the exit code.
-pub async fn run(args: ModelArgs) -> anyhow::Result<i32> {
+pub async fn run(args: ModelArgs) -> Result<i32, super::Failure> {
+    use super::Failure;
+    let joined = |r: Result<anyhow::Result<i32>, tokio::task::JoinError>| r.map_err(Failure::data)?.map_err(Failure::data);
     match args.command {
-        ModelCommand::Train(a) => tokio::task::spawn_blocking(move || train_cmd(&a)).await?,
-        ModelCommand::Eval(a) => tokio::task::spawn_blocking(move || eval_cmd(&a)).await?,
-        ModelCommand::Perturb(a) => perturb_cmd(&a),
+        ModelCommand::Train(a) if a.from_db => super::versions::train_from_db(a).await,
+        ModelCommand::Train(a) => joined(tokio::task::spawn_blocking(move || train_cmd(&a)).await),
+        ModelCommand::Eval(a) => joined(tokio::task::spawn_blocking(move || eval_cmd(&a)).await),
+        ModelCommand::Perturb(a) => perturb_cmd(&a).map_err(Failure::data),
+        ModelCommand::List(a) => super::versions::list(a).await,
+        ModelCommand::Rollback(a) => super::versions::rollback(a).await,
     }
 }
 

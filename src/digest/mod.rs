@@ -7,6 +7,7 @@
 //! [`schedule`] writes digests into a directory on a schedule (`[digest]` of the configuration).
 
 pub mod charts;
+pub mod mail;
 pub mod query;
 pub mod render;
 pub mod schedule;
@@ -30,35 +31,66 @@ pub struct DigestConfig {
     /// When `serve` writes a digest: `off`, `hourly`, `daily HH:MM` or `weekly DAY HH:MM` (UTC).
     #[serde(default)]
     pub schedule: Schedule,
-    /// Addresses to mail scheduled digests to. Mailing needs the report outbox; until it is wired this
-    /// must stay empty (see [`DigestConfig::validate`]).
+    /// Addresses to mail scheduled digests to (through the report outbox and the `[smtp]` relay).
     #[serde(default)]
     pub to: Vec<String>,
+    /// The From address of mailed digests (required with `to` or `rebound digest --mail-to`).
+    #[serde(default)]
+    pub from: String,
+    /// The display name of the From address.
+    #[serde(default = "default_from_name")]
+    pub from_name: String,
+    /// DKIM keys (names of `[dkim.NAME]` sections) to sign mailed digests with; empty: those of
+    /// `[report.spf] sign`.
+    #[serde(default)]
+    pub sign: Vec<String>,
     /// Directory where scheduled digests are written (`digest-YYYYMMDD-HHMM.html` and `.txt`).
     #[serde(default)]
     pub out_dir: Option<PathBuf>,
 }
 
+fn default_from_name() -> String {
+    "rebound".to_string()
+}
+
 impl Default for DigestConfig {
     fn default() -> Self {
-        DigestConfig { schedule: Schedule::Off, to: Vec::new(), out_dir: None }
+        DigestConfig {
+            schedule: Schedule::Off,
+            to: Vec::new(),
+            from: String::new(),
+            from_name: default_from_name(),
+            sign: Vec::new(),
+            out_dir: None,
+        }
     }
 }
 
 impl DigestConfig {
-    /// Check the section without touching the file system: a schedule needs somewhere to put digests.
+    /// Check the section without touching the file system: a schedule needs somewhere to put digests
+    /// (`out_dir`, `to` or both), and mailing needs valid addresses.
     pub fn validate(&self) -> Result<(), DigestError> {
         if !self.to.is_empty() {
-            return Err(DigestError::Config(
-                "[digest] to: mailing digests is not available in this build (it needs the report outbox); \
-                 use out_dir"
-                    .to_string(),
-            ));
+            self.validate_mail()?;
+            if let Some(bad) = self.to.iter().find(|a| !mail::valid_address(a)) {
+                return Err(DigestError::Config(format!("[digest] to: {bad:?} is not a mail address")));
+            }
         }
-        if self.schedule != Schedule::Off && self.out_dir.is_none() {
+        if self.schedule != Schedule::Off && self.out_dir.is_none() && self.to.is_empty() {
             return Err(DigestError::Config(format!(
-                "[digest] schedule = \"{}\" needs out_dir (where to write the digests)",
+                "[digest] schedule = \"{}\" needs out_dir (where to write the digests) or to (whom to mail them)",
                 self.schedule
+            )));
+        }
+        Ok(())
+    }
+
+    /// What mailing a digest needs: a valid `from`.
+    pub fn validate_mail(&self) -> Result<(), DigestError> {
+        if !mail::valid_address(&self.from) {
+            return Err(DigestError::Config(format!(
+                "[digest] from = {:?}: mailing digests needs a From address, e.g. from = \"rebound@example.com\"",
+                self.from
             )));
         }
         Ok(())
@@ -89,6 +121,9 @@ pub enum DigestError {
         /// The plotting error.
         source: plotters::drawing::DrawingAreaErrorKind<std::io::Error>,
     },
+    /// A DKIM key for mailed digests could not be loaded or used.
+    #[error(transparent)]
+    Dkim(#[from] crate::report::dkim::DkimError),
     /// A template failed to render.
     #[error("cannot render the digest template: {0}")]
     Template(#[from] minijinja::Error),
@@ -469,9 +504,14 @@ pub struct SpfSection {
     pub by_source: Vec<SpfFailureRow>,
     /// Failing domain/IP pairs never seen failing before the period.
     pub new_sources: Vec<SpfFailureRow>,
-    /// Outgoing reports created in the period, by status (`queued`, `sending`, `sent`, `failed`, `suppressed`).
+    /// SPF failure reports created in the period, by status (`queued`, `sending`, `sent`, `failed`,
+    /// `suppressed`); mailed digests are not counted.
     pub outbox: Vec<Named>,
-    /// Why reports were suppressed (rate limits, bounced report addresses, ...), from their `last_error`.
+    /// Reports planned in the period but not queued because of the per-address rate limit or the hourly
+    /// cap (counted per hour: the hours that start in the period).
+    pub rate_limited: i64,
+    /// Why reports were not sent: the rate limits, a bounced report address (the same hourly counters), and
+    /// the `last_error` of outbox entries marked `suppressed`.
     pub suppressed_because: Vec<Named>,
 }
 

@@ -14,6 +14,7 @@ use super::{
     Digest, DigestError, GroupRow, IncomingSection, Listing, Named, Period, QueueRow, ReasonRow,
     ReportedDomainRow, ReporterRow, SeriesPoint, SpfFailureRow, SpfResultRow, SpfSection, SuppressRow, Trend,
 };
+use crate::store::spf::SUPPRESSED_KEY;
 use crate::store::{Backend, Store};
 
 /// Reasons that are recorded but are not failures.
@@ -22,6 +23,12 @@ pub const NOT_FAILURES: &[&str] = &["delivered", "vacation", "feedback"];
 const IS_FAILURE: &str = "reason NOT IN ('delivered', 'vacation', 'feedback')";
 /// SPF results that count as failures.
 const SPF_FAILURE: &str = "result IN ('fail', 'softfail', 'permerror')";
+/// Why a planned SPF report was not queued (the suffix of its counter's key), and how the digest says it.
+const NOT_QUEUED: [(&str, &str); 3] = [
+    ("rate-limit", "the per-address rate limit"),
+    ("hourly-cap", "the hourly cap"),
+    ("bounced", "the report address bounced"),
+];
 /// Rows shown in the top-N tables.
 const TOP: usize = 10;
 /// Rows shown of the suppression list and of the labelling queue.
@@ -563,7 +570,8 @@ async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
     let outbox: Vec<(String, i64)> = r
         .rows(
             "outgoing reports",
-            "SELECT status, COUNT(*) FROM outgoing_reports WHERE created_at >= $1 AND created_at < $2 GROUP BY status",
+            "SELECT status, COUNT(*) FROM outgoing_reports WHERE created_at >= $1 AND created_at < $2 AND kind <> 'digest' \
+             GROUP BY status",
             &r.this_period(),
         )
         .await?;
@@ -574,13 +582,35 @@ async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
         .rows(
             "suppressed reports",
             "SELECT COALESCE(last_error, '(no reason recorded)'), COUNT(*) FROM outgoing_reports \
-             WHERE created_at >= $1 AND created_at < $2 AND status = 'suppressed' \
+             WHERE created_at >= $1 AND created_at < $2 AND status = 'suppressed' AND kind <> 'digest' \
              GROUP BY COALESCE(last_error, '(no reason recorded)') ORDER BY COUNT(*) DESC LIMIT $3",
             &params,
         )
         .await?;
-    let suppressed_because = suppressed.into_iter().map(|(name, count)| Named { name, count }).collect();
-    Ok(SpfSection { checks, failures, results, by_source, new_sources, outbox, suppressed_because })
+    let mut suppressed_because: Vec<Named> = suppressed.into_iter().map(|(name, count)| Named { name, count }).collect();
+    // Reports refused before the outbox are counted per hour in rate_limits (store::spf::SUPPRESSED_KEY).
+    let keys = NOT_QUEUED.map(|(why, _)| format!("'{SUPPRESSED_KEY}{why}'")).join(", ");
+    let not_queued: Vec<(String, i64)> = r
+        .rows(
+            "reports not queued",
+            &format!(
+                "SELECT key, CAST(SUM(count) AS BIGINT) FROM rate_limits WHERE key IN ({keys}) AND window_start >= $1 AND window_start < $2 \
+                 GROUP BY key"
+            ),
+            &r.this_period(),
+        )
+        .await?;
+    let mut rate_limited = 0;
+    for (key, count) in not_queued {
+        let why = key.strip_prefix(SUPPRESSED_KEY).unwrap_or(&key);
+        if why != "bounced" {
+            rate_limited += count;
+        }
+        let name = NOT_QUEUED.iter().find(|(w, _)| *w == why).map_or(why, |(_, text)| text).to_string();
+        suppressed_because.push(Named { name, count });
+    }
+    suppressed_because.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    Ok(SpfSection { checks, failures, results, by_source, new_sources, outbox, rate_limited, suppressed_because })
 }
 
 /// Incoming feedback reports, by reporter and by reported domain.

@@ -1,5 +1,6 @@
-//! Scheduled digests (`[digest] schedule` and `out_dir`): `serve` runs [`run`], which sleeps until the next
-//! due time, writes the HTML and text digests of the period that just ended into `out_dir`, and repeats.
+//! Scheduled digests (`[digest] schedule`, `out_dir` and `to`): `serve` runs [`run`], which sleeps until the
+//! next due time, writes the HTML and text digests of the period that just ended into `out_dir`, queues
+//! them for the `to` addresses in the report outbox ([`super::mail`]), and repeats.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Datelike, Duration, NaiveTime, Timelike, Utc, Weekday};
 use serde::Deserialize;
 
-use super::{DigestConfig, DigestError, Period, Since, render};
+use super::mail::Mailer;
+use super::{Digest, DigestConfig, DigestError, Period, Since, render};
 use crate::store::Store;
 
 /// When digests are made (UTC).
@@ -114,34 +116,56 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<(), DigestError> 
     })
 }
 
-/// Write the HTML and text digests of the period ending at `until` into `dir`; returns the two paths.
-pub async fn write_digest(
-    store: &Store,
-    dir: &Path,
-    since: Since,
-    until: DateTime<Utc>,
-) -> Result<[PathBuf; 2], DigestError> {
-    let digest = super::collect(store, Period::ending(until, since)).await?;
+/// Write the HTML and text digests of `digest` into `dir`, named after the end of its period; returns the
+/// two paths.
+pub fn write_digest(digest: &Digest, dir: &Path, until: DateTime<Utc>) -> Result<[PathBuf; 2], DigestError> {
     let stem = format!("digest-{}", until.format("%Y%m%d-%H%M"));
     let html = dir.join(format!("{stem}.html"));
     let text = dir.join(format!("{stem}.txt"));
-    write_atomically(&html, &render::html(&digest)?)?;
-    write_atomically(&text, &render::text(&digest)?)?;
+    write_atomically(&html, &render::html(digest)?)?;
+    write_atomically(&text, &render::text(digest)?)?;
     Ok([html, text])
 }
 
-/// Run the schedule until `shutdown` resolves: at each due time write the digests into `out_dir`. A failed
-/// digest is logged and the next one is still made. Returns at once when the schedule is off.
+/// The scheduled digest of the period of length `since` ending at `due`: written into `out_dir` and queued
+/// for `to` (once per period and recipient, whichever process gets there first).
+pub async fn make(
+    store: &Store,
+    config: &DigestConfig,
+    mailer: Option<&Mailer>,
+    since: Since,
+    due: DateTime<Utc>,
+) -> Result<(), DigestError> {
+    let digest = super::collect(store, Period::ending(due, since)).await?;
+    if let Some(dir) = &config.out_dir {
+        let [html, text] = write_digest(&digest, dir, due)?;
+        tracing::info!(html = %html.display(), text = %text.display(), "digest written");
+    }
+    if let Some(mailer) = mailer {
+        let key = format!("{since}:{}", due.format("%Y%m%dT%H%MZ"));
+        let ids = mailer.queue(store, &digest, &config.to, Some(&key)).await?;
+        tracing::info!(queued = ids.len(), recipients = config.to.len(), "digest mail queued");
+    }
+    Ok(())
+}
+
+/// Run the schedule until `shutdown` resolves: at each due time write the digests into `out_dir` and
+/// queue them for `to` with `mailer` (which `serve` builds when `to` is not empty). A failed digest is
+/// logged and the next one is still made. Returns at once when the schedule is off.
 pub async fn run(
     store: Store,
     config: DigestConfig,
+    mailer: Option<Mailer>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DigestError> {
     config.validate()?;
-    let (Some(since), Some(dir)) = (config.schedule.since(), config.out_dir.clone()) else {
+    let Some(since) = config.schedule.since() else {
         return Ok(());
     };
-    std::fs::create_dir_all(&dir).map_err(|source| DigestError::Write { path: dir.clone(), source })?;
+    if let Some(dir) = &config.out_dir {
+        std::fs::create_dir_all(dir).map_err(|source| DigestError::Write { path: dir.clone(), source })?;
+    }
+    let mailer = mailer.filter(|_| !config.to.is_empty());
     tokio::pin!(shutdown);
     loop {
         let Some(due) = config.schedule.next_after(Utc::now()) else {
@@ -152,9 +176,17 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        match write_digest(&store, &dir, since, due).await {
-            Ok([html, text]) => tracing::info!(html = %html.display(), text = %text.display(), "digest written"),
-            Err(e) => tracing::error!(error = %e, "cannot make the scheduled digest"),
+        // Several processes may share the database: the first to claim this due time makes the digest.
+        match store.claim_once("digest", due).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(%due, "digest already made by a process sharing the database");
+                continue;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim the digest run; making it anyway"),
+        }
+        if let Err(e) = make(&store, &config, mailer.as_ref(), since, due).await {
+            tracing::error!(error = %e, "cannot make the scheduled digest");
         }
     }
 }
@@ -195,15 +227,20 @@ mod tests {
     }
 
     #[test]
-    fn config_rejects_unknown_keys_mail_and_a_schedule_without_out_dir() {
+    fn config_rejects_unknown_keys_bad_addresses_and_a_schedule_going_nowhere() {
         let ok: DigestConfig = toml::from_str("schedule = \"daily 07:00\"\nout_dir = \"/var/lib/rebound/digests\"").unwrap();
         ok.validate().unwrap();
         assert!(toml::from_str::<DigestConfig>("schedul = \"daily\"").is_err());
         assert!(toml::from_str::<DigestConfig>("schedule = \"sometimes\"").is_err());
         let no_dir: DigestConfig = toml::from_str("schedule = \"hourly\"").unwrap();
         assert!(no_dir.validate().is_err());
-        let mail: DigestConfig = toml::from_str("to = [\"ops@example.com\"]").unwrap();
-        assert!(mail.validate().is_err());
+        let no_from: DigestConfig = toml::from_str("to = [\"ops@example.com\"]").unwrap();
+        assert!(no_from.validate().unwrap_err().to_string().contains("from"));
+        let mail: DigestConfig =
+            toml::from_str("schedule = \"hourly\"\nto = [\"ops@example.com\"]\nfrom = \"rebound@example.com\"").unwrap();
+        mail.validate().unwrap();
+        let bad: DigestConfig = toml::from_str("to = [\"ops\"]\nfrom = \"rebound@example.com\"").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("\"ops\""));
         DigestConfig::default().validate().unwrap();
     }
 }

@@ -19,7 +19,7 @@ mod fields;
 mod freetext;
 mod mime;
 mod ses;
-mod smtp;
+pub(crate) mod smtp;
 mod text;
 
 /// What kind of message this is; stored in `messages.kind`.

@@ -3,6 +3,7 @@
 //! in the outbox, in the same transaction ([`run_writer`]). Checks that arrive together are written in
 //! one transaction (group commit), so a burst costs one commit, not one per check.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use super::arf::{self, FailureReport};
 use super::config::{Rate, ReportConfigError, ReportSpfConfig};
 use super::dkim::{DkimError, DkimKey};
 use super::{Planned, plan};
+use crate::metrics::{self, ReportEvent};
 use crate::spf::config::Network;
 use crate::spf::policy::CheckEvent;
 use crate::spf::{Identity, IdentityCheck};
@@ -45,8 +47,8 @@ impl Reporter {
         &self.config
     }
 
-    /// The outbox entry for a check's MAIL FROM failure, if the rules allow one (rate limits and
-    /// suppression are decided by the store, in the transaction).
+    /// The outbox entry for a failed check of either identity, if the rules allow one (rate limits
+    /// and suppression are decided by the store, in the transaction).
     fn draft(&self, event: &CheckEvent, row: usize, check: &IdentityCheck) -> Option<(Planned, ReportToQueue)> {
         let sample = rand::random::<u8>() % 100;
         let planned = plan(check, event.client_ip, &self.config, &self.own_networks, sample).ok()?;
@@ -123,8 +125,8 @@ pub fn rows(event: &CheckEvent) -> (Vec<SpfCheckRow>, Option<usize>) {
     (rows, mail_from_row)
 }
 
-/// Writes every check received on `events` to `store` (with its report when `reporter` plans one) until
-/// the channel closes. A failed write is retried with a growing pause before the batch is given up.
+/// Writes every check received on `events` to `store` (with its reports when `reporter` plans some)
+/// until the channel closes. A failed write is retried with a growing pause before the batch is given up.
 pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, reporter: Option<Arc<Reporter>>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = events.recv().await {
@@ -136,18 +138,26 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
                 Err(_) => break,
             }
         }
+        let mut shares = Shares::default();
         let mut items = Vec::with_capacity(batch.len());
         for event in &batch {
-            items.push(item(&store, event, reporter.as_deref()).await);
+            items.push(item(&store, event, reporter.as_deref(), &mut shares).await);
         }
         let mut pause = Duration::from_millis(100);
         for attempt in 1..=5 {
             match store.save_spf_checks(&items).await {
                 Ok(results) => {
-                    for (_, queued) in results {
-                        if let Some(Queued::Queued(id)) = queued {
-                            tracing::info!(report_id = id, "spf report queued");
+                    for queued in results.iter().flat_map(|(_, q)| q) {
+                        match queued {
+                            Queued::Queued(id) => {
+                                tracing::info!(report_id = id, "spf report queued");
+                                metrics::report(ReportEvent::Queued);
+                            }
+                            _ => metrics::report(ReportEvent::Suppressed),
                         }
+                    }
+                    if let Ok(depth) = store.outbox_depth().await {
+                        metrics::set_queue_depth(depth);
                     }
                     break;
                 }
@@ -165,23 +175,52 @@ pub async fn run_writer(store: Store, mut events: mpsc::Receiver<CheckEvent>, re
     }
 }
 
-async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>) -> CheckItem {
+/// Per report address, in one batch: the reports the database says it had in the current window (read
+/// once per batch) and those planned since. A flood for one domain costs one look-up per batch, and
+/// builds and signs only as many reports as its rate can still let through.
+#[derive(Default)]
+struct Shares(HashMap<String, (i64, i64)>);
+
+/// The check's rows and its reports: one for the MAIL FROM identity and one for the HELO identity
+/// (RFC 6652 reports are about either), the HELO one only when it goes to another address.
+async fn item(store: &Store, event: &CheckEvent, reporter: Option<&Reporter>, shares: &mut Shares) -> CheckItem {
     let (rows, mail_from_row) = rows(event);
-    let mut item = CheckItem { rows, report: None };
-    let (Some(reporter), Some(row), Some(check)) = (reporter, mail_from_row, event.verdict.mail_from.as_ref()) else {
-        return item;
-    };
-    let Some((planned, mut entry)) = reporter.draft(event, row, check) else { return item };
-    // Building and signing is the expensive part: skip it when the address has had its share.
-    if store.report_limit_reached(&entry).await.unwrap_or(false) {
-        return item;
-    }
-    match reporter.message(event, check, &planned.request.address) {
-        Ok(message) => {
-            entry.message = message;
-            item.report = Some(entry);
+    let mut item = CheckItem { rows, reports: Vec::new() };
+    let Some(reporter) = reporter else { return item };
+    let helo_row = event.verdict.helo.as_ref().map(|_| 0);
+    let candidates = [(mail_from_row, event.verdict.mail_from.as_ref()), (helo_row, event.verdict.helo.as_ref())];
+    for (row, check) in candidates {
+        let (Some(row), Some(check)) = (row, check) else { continue };
+        let Some((planned, mut entry)) = reporter.draft(event, row, check) else { continue };
+        if item.reports.iter().any(|r| r.address.eq_ignore_ascii_case(&entry.address)) {
+            continue;
         }
-        Err(e) => tracing::error!("spf report to {} not built: {e}", planned.request.address),
+        let key = entry.address.to_ascii_lowercase();
+        let (used, planned_here) = match shares.0.get(&key) {
+            Some(share) => *share,
+            None => match store.reports_used(&entry).await {
+                Ok(used) => (used, 0),
+                Err(e) => {
+                    tracing::warn!("spf report to {}: cannot read its rate ({e}); deciding in the transaction", entry.address);
+                    (0, 0)
+                }
+            },
+        };
+        shares.0.insert(key.clone(), (used, planned_here));
+        // Building and signing is the expensive part: skip it when the address has had its share (the
+        // entry goes on without a message, so the store counts it as rate-limited).
+        if used + planned_here >= i64::from(entry.per_address) {
+            item.reports.push(entry);
+            continue;
+        }
+        match reporter.message(event, check, &planned.request.address) {
+            Ok(message) => {
+                entry.message = message;
+                shares.0.insert(key, (used, planned_here + 1));
+                item.reports.push(entry);
+            }
+            Err(e) => tracing::error!("spf report to {} not built: {e}", planned.request.address),
+        }
     }
     item
 }

@@ -13,20 +13,21 @@ use lettre::address::Envelope;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::config::{ReportConfigError, SmtpConfig};
+use crate::metrics::{self, ReportEvent};
 use crate::store::Store;
 use crate::store::spf::{AttemptOutcome, ClaimedReport};
 
-/// How long a claim holds before another sender may take the report.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// Reports claimed at once.
-const CLAIM: i64 = 16;
+/// Reports claimed at once: one, so that the lease covers a single delivery and a report claimed by a
+/// sender that died (kill -9) is due again within one [`lease`].
+const CLAIM: i64 = 1;
 /// First retry delay; doubled per attempt.
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
-/// One delivery attempt may take this many `[smtp] timeout_secs` in all. lettre's async transport bounds
-/// only the TCP connect; a relay that accepts the connection and then says nothing (or stalls after the
-/// data) would otherwise hold the sender, and with it the whole outbox, forever.
+/// One delivery attempt may take this many `[smtp] timeout_secs` in all (fewer than the 8 of [`lease`], so
+/// a live sender is never overtaken). lettre's async transport bounds only the TCP connect; a relay that
+/// accepts the connection and then says nothing (or stalls after the data) would otherwise hold the
+/// sender, and with it the whole outbox, forever.
 const ATTEMPT_STEPS: u32 = 5;
 
 /// Delivers the outbox.
@@ -39,6 +40,7 @@ pub struct Sender {
     enabled: Arc<AtomicBool>,
     idle: Duration,
     attempt_limit: Duration,
+    lease: Duration,
 }
 
 /// The sender could not be set up.
@@ -77,6 +79,7 @@ impl Sender {
             enabled,
             idle: Duration::from_secs(1),
             attempt_limit: step * ATTEMPT_STEPS,
+            lease: lease(smtp.timeout_secs),
         })
     }
 
@@ -89,6 +92,7 @@ impl Sender {
     /// Runs until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        self.update_depth().await;
         loop {
             let worked = if self.enabled.load(Ordering::SeqCst) { self.round().await } else { 0 };
             if worked == 0 {
@@ -102,7 +106,7 @@ impl Sender {
 
     /// Claims and delivers one batch; returns how many reports were attempted.
     pub async fn round(&self) -> usize {
-        let claimed = match self.store.claim_reports(&self.worker, CLAIM, LEASE).await {
+        let claimed = match self.store.claim_reports(&self.worker, CLAIM, self.lease).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("spf reports: cannot claim: {e}");
@@ -116,10 +120,22 @@ impl Sender {
             }
             self.deliver(report).await;
         }
+        if n > 0 {
+            self.update_depth().await;
+        }
         n
     }
 
-    async fn deliver(&self, report: ClaimedReport) {
+    /// Sets the queue-depth gauge from the outbox.
+    async fn update_depth(&self) {
+        match self.store.outbox_depth().await {
+            Ok(depth) => metrics::set_queue_depth(depth),
+            Err(e) => tracing::warn!("spf reports: {e}"),
+        }
+    }
+
+    /// Delivers one claimed report and records the attempt; returns how it ended.
+    pub async fn deliver(&self, report: ClaimedReport) -> AttemptOutcome {
         let started = Instant::now();
         let result = match report.address.parse::<Address>() {
             Ok(to) => match Envelope::new(Some(self.from.clone()), vec![to]) {
@@ -160,6 +176,12 @@ impl Sender {
             // The lease runs out and the report is tried again: it may go twice, but it is not lost.
             tracing::error!("spf report {}: attempt not recorded: {e}", report.id);
         }
+        match outcome {
+            AttemptOutcome::Sent => metrics::report(ReportEvent::Sent),
+            AttemptOutcome::Permanent => metrics::report(ReportEvent::Failed),
+            AttemptOutcome::Temporary => {}
+        }
+        outcome
     }
 }
 
@@ -170,10 +192,11 @@ enum Failure {
     Timeout,
 }
 
-/// Whether the relay refused the report for good: a 5xx about the recipient (RFC 3463 `5.1.x` address or
-/// `5.2.x` mailbox status, or, without an enhanced code, 550/551/553). Any other 5xx is the relay refusing
-/// us (no service, relaying denied, a protocol error) and, like a 4xx, is retried until `max_attempts`,
-/// so a relay's misconfiguration does not lose the reports queued meanwhile.
+/// Whether the relay refused the report for good: a 5xx about the recipient, that is an RFC 3463 `5.1.x`
+/// (address) or `5.2.x` (mailbox) status, or 550/551/553 with no enhanced code or an undefined `5.0.x`
+/// one. Any other 5xx is the relay refusing us (no service, relaying denied, a protocol error) and, like a
+/// 4xx, is retried until `max_attempts`, so a relay's misconfiguration does not lose the reports queued
+/// meanwhile.
 fn recipient_refused(e: &lettre::transport::smtp::Error) -> bool {
     if !e.is_permanent() {
         return false;
@@ -181,10 +204,19 @@ fn recipient_refused(e: &lettre::transport::smtp::Error) -> bool {
     // lettre's text: "permanent error (550): 5.1.1 no such user".
     let text = e.to_string();
     let reply = text.split_once("): ").map_or("", |(_, r)| r);
-    match reply.split_whitespace().next().and_then(|w| w.strip_prefix("5.")) {
-        Some(rest) if rest.contains('.') => rest.starts_with("1.") || rest.starts_with("2."),
-        _ => e.status().is_some_and(|c| matches!(u16::from(c), 550 | 551 | 553)),
+    let subject = reply.split_whitespace().next().and_then(|w| w.strip_prefix("5.")).filter(|r| r.contains('.'));
+    match subject.and_then(|r| r.split('.').next()) {
+        Some("1" | "2") => true,
+        Some("0") | None => e.status().is_some_and(|c| matches!(u16::from(c), 550 | 551 | 553)),
+        Some(_) => false,
     }
+}
+
+/// How long a claim holds before another sender may take the report: longer than one delivery can
+/// last (connect, greeting, EHLO, MAIL, RCPT, DATA and the final dot, each bounded by `timeout_secs`),
+/// so a live sender is never overtaken, and short enough that a dead sender's report goes out soon.
+pub fn lease(timeout_secs: u64) -> Duration {
+    Duration::from_secs(timeout_secs.max(1) * 8 + 10)
 }
 
 /// The delay before attempt `attempts + 1`: 1 min × 2^(attempts-1), at most 6 h, ±10 % jitter.

@@ -31,6 +31,8 @@ pub struct LabelledBounce {
     pub reason: String,
     /// The bounced recipient.
     pub recipient: String,
+    /// The kind of its message (`dsn`, `bounce`, ...).
+    pub kind: String,
     /// DSN Action.
     pub action: Option<String>,
     /// Enhanced status code.
@@ -77,6 +79,35 @@ pub struct ModelVersion {
     pub has_weights: bool,
     /// The version in use.
     pub active: bool,
+}
+
+/// The retraining lock of [`Store::try_retrain_lock`]. Release it with [`RetrainLock::release`]; dropped
+/// without that, its connection is closed, which ends the lock too.
+pub struct RetrainLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+impl RetrainLock {
+    /// Give the lock back (its connection returns to the pool).
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        const SQL: &str = "SELECT pg_advisory_unlock(hashtext('rebound.model_retrain'), hashtext(current_schema()))";
+        if let Some(mut conn) = self.conn.take() {
+            let released: Result<bool, _> = sqlx::query_scalar(SQL).fetch_one(&mut *conn).await;
+            if let Err(e) = released {
+                conn.close_on_drop();
+                return Err(StoreError::sqlx(Backend::Postgres, "cannot release the retraining lock", e));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RetrainLock {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// Run `$body` with `$pool` the store's pool and `$backend` its backend (the body compiles for both).
@@ -147,6 +178,16 @@ impl Store {
         })
     }
 
+    /// The current reason of bounce `id`, `None` when there is no such bounce.
+    pub async fn bounce_reason(&self, id: i64) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT reason FROM bounces WHERE id = $1";
+        with_pool!(self, |pool, backend| {
+            sqlx::query_scalar(SQL).bind(id).fetch_optional(pool).await.map_err(|e| {
+                StoreError::sqlx(backend, format!("cannot read bounce {id} from {}", self.display_url), e)
+            })
+        })
+    }
+
     /// Confirm `reason` (a built-in reason or a category) for a bounce; returns the label's id.
     ///
     /// An unknown reason or bounce is a [`StoreErrorKind::Data`] error that names it.
@@ -195,13 +236,13 @@ impl Store {
     /// The latest label of every labelled bounce whose label id is above `after_label_id` (0 for all), in
     /// label order: the examples `model train --from-db` learns from.
     pub async fn labelled_bounces(&self, after_label_id: i64) -> Result<Vec<LabelledBounce>, StoreError> {
-        const SQL: &str = "SELECT l.id, b.id, l.reason, b.recipient, b.action, b.status, b.reply_code, b.diagnostic, \
-                           b.smtp_command, b.remote_mta, l.previous_reason \
-                           FROM labels l JOIN bounces b ON b.id = l.bounce_id \
+        const SQL: &str = "SELECT l.id, b.id, l.reason, b.recipient, m.kind, b.action, b.status, b.reply_code, \
+                           b.diagnostic, b.smtp_command, b.remote_mta, l.previous_reason \
+                           FROM labels l JOIN bounces b ON b.id = l.bounce_id JOIN messages m ON m.id = b.message_id \
                            WHERE l.id > $1 AND NOT EXISTS \
                                (SELECT 1 FROM labels n WHERE n.bounce_id = l.bounce_id AND n.id > l.id) \
                            ORDER BY l.id";
-        type Row = (i64, i64, String, String, Option<String>, Option<String>, Option<i64>, Option<String>,
+        type Row = (i64, i64, String, String, String, Option<String>, Option<String>, Option<i64>, Option<String>,
                     Option<String>, Option<String>, Option<String>);
         let rows: Vec<Row> = with_pool!(self, |pool, backend| {
             sqlx::query_as(SQL).bind(after_label_id).fetch_all(pool).await.map_err(|e| {
@@ -215,13 +256,14 @@ impl Store {
                 bounce_id: r.1,
                 reason: r.2,
                 recipient: r.3,
-                action: r.4,
-                status: r.5,
-                reply_code: r.6,
-                diagnostic: r.7,
-                smtp_command: r.8,
-                remote_mta: r.9,
-                previous_reason: r.10,
+                kind: r.4,
+                action: r.5,
+                status: r.6,
+                reply_code: r.7,
+                diagnostic: r.8,
+                smtp_command: r.9,
+                remote_mta: r.10,
+                previous_reason: r.11,
             })
             .collect())
     }
@@ -271,6 +313,28 @@ impl Store {
             tx.commit().await.map_err(err)?;
             Ok(())
         })
+    }
+
+    /// Make no version active: the shipped model in `models/` is used again.
+    pub async fn deactivate_model_versions(&self) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE model_versions SET active = false WHERE active";
+        with_pool!(self, |pool, backend| {
+            sqlx::query(SQL).execute(pool).await.map(|_| ()).map_err(|e| {
+                StoreError::sqlx(backend, format!("cannot deactivate the model versions in {}", self.display_url), e)
+            })
+        })
+    }
+
+    /// Take the retraining lock without waiting: `None` when another process holds it. On Postgres this is a
+    /// session advisory lock keyed by the schema, held on a connection of its own until
+    /// [`RetrainLock::release`]; on SQLite (one process per file) it is always granted.
+    pub async fn try_retrain_lock(&self) -> Result<Option<RetrainLock>, StoreError> {
+        const SQL: &str = "SELECT pg_try_advisory_lock(hashtext('rebound.model_retrain'), hashtext(current_schema()))";
+        let Pool::Postgres(pool) = &self.pool else { return Ok(Some(RetrainLock { conn: None })) };
+        let err = |e| StoreError::sqlx(Backend::Postgres, format!("cannot take the retraining lock in {}", self.display_url), e);
+        let mut conn = pool.acquire().await.map_err(err)?;
+        let granted: bool = sqlx::query_scalar(SQL).fetch_one(&mut *conn).await.map_err(err)?;
+        Ok(granted.then_some(RetrainLock { conn: Some(conn) }))
     }
 
     /// Every recorded classifier version, oldest first.

@@ -23,7 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::{StoreError, StoreErrorKind};
-pub use labels::{Category, LabelledBounce, ModelVersion, NewModelVersion};
+pub use labels::{Category, LabelledBounce, ModelVersion, NewModelVersion, RetrainLock};
 pub use save::{NewMessage, SaveOutcome};
 
 /// How long a SQLite writer waits for the lock before reporting [`StoreErrorKind::Busy`].

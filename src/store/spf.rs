@@ -5,6 +5,7 @@
 //! LOCKED` on Postgres, so several processes can share one database) and recording every attempt in
 //! `report_attempts`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -57,7 +58,8 @@ pub struct ReportToQueue {
     pub address: String,
     /// The MAIL FROM of the failing message.
     pub mail_from: String,
-    /// The complete signed message.
+    /// The complete signed message; empty when the writer found the address's limit reached before
+    /// building it (the store then only counts the report as rate-limited).
     pub message: Vec<u8>,
     /// Reports per address per period.
     pub per_address: u32,
@@ -67,13 +69,13 @@ pub struct ReportToQueue {
     pub max_per_hour: u32,
 }
 
-/// One check (its rows) and perhaps a report, written together.
+/// One check (its rows) and the reports planned for it (at most one per identity), written together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckItem {
     /// The rows (one per identity).
     pub rows: Vec<SpfCheckRow>,
-    /// The report, if one was planned.
-    pub report: Option<ReportToQueue>,
+    /// The reports planned (HELO and MAIL FROM identities each may have one; RFC 6652 §2).
+    pub reports: Vec<ReportToQueue>,
 }
 
 /// What happened to a planned report.
@@ -146,6 +148,14 @@ const RATE_COUNT: &str = "SELECT count FROM rate_limits WHERE key = $1 AND windo
 const RATE_TAKE: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
      ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + 1 WHERE rate_limits.count < $3 \
      RETURNING count";
+const CLAIM_ONCE: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1) \
+     ON CONFLICT (key, window_start) DO NOTHING RETURNING count";
+const RATE_GIVE_BACK: &str = "UPDATE rate_limits SET count = count - 1 WHERE key = $1 AND window_start = $2 AND count > 0";
+/// Counts reports that were not queued, per reason and hour (key `suppressed:spf-report:REASON`), so the
+/// digest can say how many were rate-limited without a row per refused report.
+const COUNT_SUPPRESSED: &str = "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, $3) \
+     ON CONFLICT (key, window_start) DO UPDATE SET count = rate_limits.count + $3";
+const OUTBOX_DEPTH: &str = "SELECT COUNT(*) FROM outgoing_reports WHERE status IN ('queued', 'sending')";
 const INSERT_REPORT: &str = "INSERT INTO outgoing_reports (created_at, check_id, kind, domain, report_address, \
      mail_from, message, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $1) RETURNING id";
 const CLAIM_SQLITE: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
@@ -172,89 +182,151 @@ macro_rules! spf_functions {
     ($db:ty, $time:path, $claim:expr) => {
         use super::*;
 
-        pub(super) async fn write_item(
+        /// Writes the rows of every item, then decides the planned reports. Limits are taken in one
+        /// lock order in every process (the report addresses sorted, the global counter last), so
+        /// transactions sharing a Postgres never wait on each other in a cycle.
+        pub(super) async fn write_batch(
             conn: &mut <$db as sqlx::Database>::Connection,
-            item: &CheckItem,
+            items: &[CheckItem],
             now: DateTime<Utc>,
-        ) -> Result<(Vec<i64>, Option<Queued>), sqlx::Error> {
-            let mut ids = Vec::with_capacity(item.rows.len());
-            for r in &item.rows {
-                let id: i64 = sqlx::query_scalar(INSERT_CHECK)
-                    .bind($time(&r.checked_at))
-                    .bind(&r.client_ip)
-                    .bind(&r.client_name)
-                    .bind(&r.helo)
-                    .bind(&r.mail_from)
-                    .bind(&r.rcpt_to)
-                    .bind(&r.queue_id)
-                    .bind(r.identity)
-                    .bind(&r.domain)
-                    .bind(r.result)
-                    .bind(&r.explanation)
-                    .bind(&r.record)
-                    .bind(&r.mechanism)
-                    .bind(&r.action)
+        ) -> Result<Vec<(Vec<i64>, Vec<Queued>)>, sqlx::Error> {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let mut ids = Vec::with_capacity(item.rows.len());
+                for r in &item.rows {
+                    let id: i64 = sqlx::query_scalar(INSERT_CHECK)
+                        .bind($time(&r.checked_at))
+                        .bind(&r.client_ip)
+                        .bind(&r.client_name)
+                        .bind(&r.helo)
+                        .bind(&r.mail_from)
+                        .bind(&r.rcpt_to)
+                        .bind(&r.queue_id)
+                        .bind(r.identity)
+                        .bind(&r.domain)
+                        .bind(r.result)
+                        .bind(&r.explanation)
+                        .bind(&r.record)
+                        .bind(&r.mechanism)
+                        .bind(&r.action)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    ids.push(id);
+                }
+                out.push((ids, vec![Queued::RateLimited; item.reports.len()]));
+            }
+            let mut order: Vec<(String, usize, usize)> = items
+                .iter()
+                .enumerate()
+                .flat_map(|(i, item)| item.reports.iter().enumerate().map(move |(j, r)| (address_key(r), i, j)))
+                .collect();
+            order.sort();
+            let hour = window_start(now, Duration::from_secs(3600));
+            let mut took = Vec::with_capacity(order.len());
+            for (key, i, j) in order {
+                let report = &items[i].reports[j];
+                // The writer found the address's share used up before building the message: rate-limited.
+                if report.message.is_empty() {
+                    continue;
+                }
+                let bounced: i64 = sqlx::query_scalar(SUPPRESSED).bind(&report.address).fetch_one(&mut *conn).await?;
+                if bounced > 0 {
+                    out[i].1[j] = Queued::Suppressed;
+                    continue;
+                }
+                let global: Option<i64> = sqlx::query_scalar(RATE_COUNT)
+                    .bind(GLOBAL_KEY)
+                    .bind($time(&hour))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if global.unwrap_or(0) >= i64::from(report.max_per_hour) {
+                    out[i].1[j] = Queued::HourlyCap;
+                    continue;
+                }
+                if report.per_address == 0 {
+                    continue;
+                }
+                let window = window_start(now, report.period);
+                let taken: Option<i64> = sqlx::query_scalar(RATE_TAKE)
+                    .bind(&key)
+                    .bind($time(&window))
+                    .bind(i64::from(report.per_address))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if taken.is_some() {
+                    took.push((key, window, i, j));
+                }
+            }
+            for (key, window, i, j) in took {
+                let report = &items[i].reports[j];
+                let taken: Option<i64> = sqlx::query_scalar(RATE_TAKE)
+                    .bind(GLOBAL_KEY)
+                    .bind($time(&hour))
+                    .bind(i64::from(report.max_per_hour))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if taken.is_none() {
+                    // The address keeps its share for a later failure.
+                    sqlx::query(RATE_GIVE_BACK).bind(&key).bind($time(&window)).execute(&mut *conn).await?;
+                    out[i].1[j] = Queued::HourlyCap;
+                    continue;
+                }
+                let id: i64 = sqlx::query_scalar(INSERT_REPORT)
+                    .bind($time(&now))
+                    .bind(out[i].0.get(report.row).copied())
+                    .bind(report.kind)
+                    .bind(&report.domain)
+                    .bind(&report.address)
+                    .bind(&report.mail_from)
+                    .bind(&report.message)
                     .fetch_one(&mut *conn)
                     .await?;
-                ids.push(id);
+                out[i].1[j] = Queued::Queued(id);
             }
-            let Some(report) = &item.report else { return Ok((ids, None)) };
-            let bounced: i64 = sqlx::query_scalar(SUPPRESSED).bind(&report.address).fetch_one(&mut *conn).await?;
-            if bounced > 0 {
-                return Ok((ids, Some(Queued::Suppressed)));
+            let mut not_queued: HashMap<&str, i64> = HashMap::new();
+            for queued in out.iter().flat_map(|(_, q)| q) {
+                let why = match queued {
+                    Queued::Queued(_) => continue,
+                    Queued::Suppressed => "bounced",
+                    Queued::RateLimited => "rate-limit",
+                    Queued::HourlyCap => "hourly-cap",
+                };
+                *not_queued.entry(why).or_default() += 1;
             }
-            let hour = window_start(now, Duration::from_secs(3600));
-            let global: Option<i64> = sqlx::query_scalar(RATE_COUNT)
-                .bind(GLOBAL_KEY)
-                .bind($time(&hour))
-                .fetch_optional(&mut *conn)
-                .await?;
-            if global.unwrap_or(0) >= i64::from(report.max_per_hour) {
-                return Ok((ids, Some(Queued::HourlyCap)));
+            for (why, n) in not_queued {
+                sqlx::query(COUNT_SUPPRESSED)
+                    .bind(format!("{SUPPRESSED_KEY}{why}"))
+                    .bind($time(&hour))
+                    .bind(n)
+                    .execute(&mut *conn)
+                    .await?;
             }
-            let window = window_start(now, report.period);
-            let key = format!("spf-report:{}", report.address.to_ascii_lowercase());
-            let took: Option<i64> = sqlx::query_scalar(RATE_TAKE)
-                .bind(&key)
-                .bind($time(&window))
-                .bind(i64::from(report.per_address))
-                .fetch_optional(&mut *conn)
-                .await?;
-            if took.is_none() || i64::from(report.per_address) == 0 {
-                return Ok((ids, Some(Queued::RateLimited)));
-            }
-            let took: Option<i64> = sqlx::query_scalar(RATE_TAKE)
-                .bind(GLOBAL_KEY)
-                .bind($time(&hour))
-                .bind(i64::from(report.max_per_hour))
-                .fetch_optional(&mut *conn)
-                .await?;
-            if took.is_none() {
-                return Ok((ids, Some(Queued::HourlyCap)));
-            }
-            let id: i64 = sqlx::query_scalar(INSERT_REPORT)
-                .bind($time(&now))
-                .bind(ids.get(report.row).copied())
-                .bind(report.kind)
-                .bind(&report.domain)
-                .bind(&report.address)
-                .bind(&report.mail_from)
-                .bind(&report.message)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok((ids, Some(Queued::Queued(id))))
+            Ok(out)
         }
 
-        pub(super) async fn limit_reached(
+        /// Reports sent to this address in the current window.
+        pub(super) async fn used(
             conn: &mut <$db as sqlx::Database>::Connection,
             report: &ReportToQueue,
             now: DateTime<Utc>,
-        ) -> Result<bool, sqlx::Error> {
+        ) -> Result<i64, sqlx::Error> {
             let window = window_start(now, report.period);
-            let key = format!("spf-report:{}", report.address.to_ascii_lowercase());
-            let used: Option<i64> =
-                sqlx::query_scalar(RATE_COUNT).bind(&key).bind($time(&window)).fetch_optional(&mut *conn).await?;
-            Ok(used.unwrap_or(0) >= i64::from(report.per_address))
+            let used: Option<i64> = sqlx::query_scalar(RATE_COUNT)
+                .bind(address_key(report))
+                .bind($time(&window))
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(used.unwrap_or(0))
+        }
+
+        pub(super) async fn once(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            key: &str,
+            at: DateTime<Utc>,
+        ) -> Result<bool, sqlx::Error> {
+            let won: Option<i64> =
+                sqlx::query_scalar(CLAIM_ONCE).bind(format!("once:{key}")).bind($time(&at)).fetch_optional(&mut *conn).await?;
+            Ok(won.is_some())
         }
 
         pub(super) async fn claim(
@@ -316,6 +388,13 @@ macro_rules! spf_functions {
 
 /// The global hourly counter's key.
 const GLOBAL_KEY: &str = "spf-report:*";
+/// Prefix of the keys counting reports not queued (`bounced`, `rate-limit`, `hourly-cap` follow).
+pub const SUPPRESSED_KEY: &str = "suppressed:spf-report:";
+
+/// The per-address counter's key.
+fn address_key(report: &ReportToQueue) -> String {
+    format!("spf-report:{}", report.address.to_ascii_lowercase())
+}
 
 mod sqlite_spf {
     spf_functions!(sqlx::Sqlite, sqlite_time, CLAIM_SQLITE);
@@ -328,49 +407,76 @@ mod postgres_spf {
 impl Store {
     /// Writes checks, and the reports planned with them, in one transaction; returns, per item, the
     /// `spf_checks` ids and what became of its report.
-    pub async fn save_spf_checks(&self, items: &[CheckItem]) -> Result<Vec<(Vec<i64>, Option<Queued>)>, StoreError> {
+    pub async fn save_spf_checks(&self, items: &[CheckItem]) -> Result<Vec<(Vec<i64>, Vec<Queued>)>, StoreError> {
         let now = Utc::now();
         let context = || format!("cannot save {} SPF check(s) in {}", items.len(), self.display_url);
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(sqlite_spf::write_item(&mut tx, item, now).await.map_err(err)?);
-                }
+                let out = sqlite_spf::write_batch(&mut tx, items, now).await.map_err(err)?;
                 tx.commit().await.map_err(err)?;
                 Ok(out)
             }
             Pool::Postgres(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
                 let mut tx = pool.begin().await.map_err(err)?;
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(postgres_spf::write_item(&mut tx, item, now).await.map_err(err)?);
-                }
+                let out = postgres_spf::write_batch(&mut tx, items, now).await.map_err(err)?;
                 tx.commit().await.map_err(err)?;
                 Ok(out)
             }
         }
     }
 
-    /// A cheap look before building and signing a report: has this address had its share already? (The
-    /// decision that counts is taken again inside [`Store::save_spf_checks`]'s transaction.)
-    pub async fn report_limit_reached(&self, report: &ReportToQueue) -> Result<bool, StoreError> {
+    /// A cheap look before building and signing a report: how many reports this address had in the
+    /// current window. (The decision that counts is taken inside [`Store::save_spf_checks`]'s
+    /// transaction.)
+    pub async fn reports_used(&self, report: &ReportToQueue) -> Result<i64, StoreError> {
         let now = Utc::now();
         let context = || format!("cannot read rate limits in {}", self.display_url);
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
                 let mut conn = pool.acquire().await.map_err(err)?;
-                sqlite_spf::limit_reached(&mut conn, report, now).await.map_err(err)
+                sqlite_spf::used(&mut conn, report, now).await.map_err(err)
             }
             Pool::Postgres(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
                 let mut conn = pool.acquire().await.map_err(err)?;
-                postgres_spf::limit_reached(&mut conn, report, now).await.map_err(err)
+                postgres_spf::used(&mut conn, report, now).await.map_err(err)
             }
+        }
+    }
+
+    /// Claims the run of `key` (e.g. `digest`) due at `at`: true for the first caller, among every
+    /// process sharing the database, false for all later ones. The token is a `rate_limits` row, so it
+    /// lasts (and a run already made is not made again after a restart).
+    pub async fn claim_once(&self, key: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let context = || format!("cannot claim the {key} run of {at} in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.map_err(|e| StoreError::sqlx(Backend::Sqlite, context(), e))?;
+                sqlite_spf::once(&mut conn, key, at).await.map_err(|e| StoreError::sqlx(Backend::Sqlite, context(), e))
+            }
+            Pool::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e))?;
+                postgres_spf::once(&mut conn, key, at).await.map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e))
+            }
+        }
+    }
+
+    /// Outbox entries waiting for delivery (`queued` or `sending`), for the queue-depth gauge.
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let context = || format!("cannot count the outbox in {}", self.display_url);
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Sqlite, context(), e)),
+            Pool::Postgres(pool) => sqlx::query_scalar(OUTBOX_DEPTH)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| StoreError::sqlx(Backend::Postgres, context(), e)),
         }
     }
 

@@ -2,6 +2,7 @@
 //! database look-ups with sqlx, and fresh Postgres schemas when `REBOUND_TEST_POSTGRES_URL` is set.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod db;
 pub mod load;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor};
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -50,13 +53,12 @@ impl Server {
         let text = format!(
             "[database]\nurl = \"{url}\"\n[ingest]\n{ingest_extra}\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n{lmtp_extra}\n"
         );
-        Server::launch_config(dir, &text, log_filter)
+        Server::with_config(dir, &text, log_filter)
     }
 
-    /// Start with a whole config file (written to `dir/rebound.toml`); it must have
-    /// `[ingest.lmtp] listen = "127.0.0.1:0"` (or another free address) and the log filter must let the
-    /// "LMTP listening on" line of `rebound::serve` through.
-    pub fn launch_config(dir: &Path, text: &str, log_filter: &str) -> Server {
+    /// Start `rebound serve` with the whole configuration `text` (written to `dir/rebound.toml`); its LMTP
+    /// listener must be on 127.0.0.1.
+    pub fn with_config(dir: &Path, text: &str, log_filter: &str) -> Server {
         let config = dir.join("rebound.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(bin())
@@ -92,6 +94,36 @@ impl Server {
         Server { child, addr, stderr }
     }
 
+    /// The address logged after `prefix` (e.g. `"spf policy server listening on "`), waiting up to
+    /// `timeout` for the line.
+    pub fn logged_addr(&self, prefix: &str, timeout: Duration) -> Option<SocketAddr> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let found = self.stderr.lock().unwrap().iter().find_map(|line| {
+                let i = line.find(prefix)?;
+                line[i + prefix.len()..].split_whitespace().next()?.parse().ok()
+            });
+            if found.is_some() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The first logged line containing `needle`, waiting up to `timeout` for it (the log is read on
+    /// another thread, a moment after the server writes it).
+    pub fn logged_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let found = self.stderr.lock().unwrap().iter().find(|line| line.contains(needle)).cloned();
+            if found.is_some() || start.elapsed() >= timeout {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -113,13 +145,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
-    }
-
-    /// The first whitespace-separated word after `marker` in the log so far (e.g. the address after
-    /// "spf policy server listening on ").
-    pub fn logged_word(&self, marker: &str) -> Option<String> {
-        let lines = self.stderr.lock().unwrap();
-        lines.iter().find_map(|l| Some(l[l.find(marker)? + marker.len()..].split_whitespace().next()?.to_string()))
     }
 
     /// Everything it logged so far.
@@ -333,31 +358,40 @@ impl Drop for PgSchema {
     fn drop(&mut self) {
         let (base, schema) = (self.base.clone(), self.schema.clone());
         // On its own thread: this may run inside a test's runtime.
-        let _ = std::thread::spawn(move || {
+        let dropped = std::thread::spawn(move || {
             block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&base).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await;
-                    pool.close().await;
-                }
+                let mut conn = sqlx::PgConnection::connect(&base).await.ok()?;
+                // A failed test may leave a transaction of its own holding locks: give up rather than hang.
+                conn.execute("SET lock_timeout = '5s'").await.ok()?;
+                conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str()).await.ok()
             })
         })
         .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: could not drop test schema {}", self.schema);
+        }
     }
 }
 
 /// A new, empty Postgres schema; `None` (with the reason printed) when `REBOUND_TEST_POSTGRES_URL` is not
 /// set. Declare it before a [`Server`] using it, so the server stops before the schema is dropped.
 pub fn postgres_schema(test: &str) -> Option<PgSchema> {
+    block_on(create_postgres_schema(test))
+}
+
+/// [`postgres_schema`] for async tests.
+pub async fn create_postgres_schema(test: &str) -> Option<PgSchema> {
     let Ok(base) = std::env::var("REBOUND_TEST_POSTGRES_URL") else {
         eprintln!("skipping the Postgres part of {test}: REBOUND_TEST_POSTGRES_URL is not set");
         return None;
     };
-    let schema = format!("ingest_{}_{}_{}", test, std::process::id(), rand_suffix());
-    block_on(async {
-        let pool = sqlx::PgPool::connect(&base).await.expect("cannot connect to REBOUND_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.unwrap();
-        pool.close().await;
-    });
+    // Unique and within Postgres' 63-byte identifier limit: the test's name cut short, process id, a random suffix.
+    let short: String = test.chars().take(30).collect::<String>().to_ascii_lowercase();
+    let schema = format!("t_{short}_{}_{}", std::process::id(), rand_suffix());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("REBOUND_TEST_POSTGRES_URL={} is set but unreachable: {e}", rebound::store::redact_url(&base)));
+    admin.execute(format!("CREATE SCHEMA {schema}").as_str()).await.expect("create test schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options[search_path]={schema}");
     Some(PgSchema { url, base, schema })

@@ -3,6 +3,8 @@
 //! names, like the RFC 7208 suite's TIMEOUT). Built on hickory-proto's message codec.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -216,4 +218,163 @@ pub fn rev(ip: &str) -> String {
             s + "ip6.arpa"
         }
     }
+}
+
+/// What an SMTP sink received: (MAIL FROM, RCPT TO, DATA), in order of acceptance.
+pub type Inbox = Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A small SMTP server on 127.0.0.1 standing for the relay reports go through; stops when dropped.
+pub struct SmtpSink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Messages accepted (answered 250 after the final dot).
+    pub inbox: Inbox,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a sink that answers RCPT with the next code of `rcpt_codes` (250 when empty) and waits
+/// `greeting_delay` before its 220 greeting (as a tarpitting relay does).
+pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>, greeting_delay: std::time::Duration) -> SmtpSink {
+    smtp_relay(rcpt_codes, greeting_delay, Arc::default()).await
+}
+
+/// How a relay misbehaves on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// It does not: a working sink.
+    #[default]
+    None,
+    /// `421 4.3.2` at the greeting, then closes.
+    Busy,
+    /// `554 5.3.2` at the greeting (no service for this client), then closes.
+    NoService,
+    /// Accepts the connection and never says anything.
+    Hang,
+    /// Takes about 200 bytes of the data after 354, then closes the connection.
+    DropInData,
+}
+
+/// Like [`smtp_sink`], misbehaving as `fault` says (read at each new connection, so a test can switch it).
+pub async fn smtp_relay(
+    rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    greeting_delay: std::time::Duration,
+    fault: Arc<std::sync::Mutex<Fault>>,
+) -> SmtpSink {
+    use tokio::io::AsyncBufReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
+    let addr = listener.local_addr().expect("sink addr");
+    let inbox: Inbox = Arc::default();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (inbox2, connections2) = (inbox.clone(), connections.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { return };
+            connections2.fetch_add(1, Ordering::SeqCst);
+            let inbox = inbox2.clone();
+            let codes = rcpt_codes.clone();
+            let fault = *fault.lock().unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(greeting_delay).await;
+                let (r, mut w) = conn.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                let greeting: &[u8] = match fault {
+                    Fault::Busy => b"421 4.3.2 sink.test busy, try again later\r\n",
+                    Fault::NoService => b"554 5.3.2 sink.test: no SMTP service for you\r\n",
+                    Fault::Hang => {
+                        // Silent until the client gives up.
+                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut Vec::new()).await;
+                        return;
+                    }
+                    Fault::None | Fault::DropInData => b"220 sink.test ESMTP\r\n",
+                };
+                if w.write_all(greeting).await.is_err() || !greeting.starts_with(b"220") {
+                    return;
+                }
+                let (mut from, mut to) = (String::new(), String::new());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let upper = line.to_ascii_uppercase();
+                    let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        "250-sink.test\r\n250 8BITMIME\r\n".into()
+                    } else if upper.starts_with("MAIL FROM:") {
+                        from = line[10..].trim().to_string();
+                        "250 ok\r\n".into()
+                    } else if upper.starts_with("RCPT TO:") {
+                        to = line[8..].trim().to_string();
+                        match codes.lock().unwrap().pop_front().unwrap_or(250) {
+                            250 => "250 ok\r\n".into(),
+                            code => format!("{code} {}.0.0 not now\r\n", code / 100),
+                        }
+                    } else if upper.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go\r\n").await;
+                        let mut data = Vec::new();
+                        loop {
+                            let mut l = Vec::new();
+                            if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if fault == Fault::DropInData && data.len() > 200 {
+                                // Cut off: the client sees the connection close before the final reply.
+                                return;
+                            }
+                            if l == b".\r\n" {
+                                break;
+                            }
+                            let l = if l.starts_with(b"..") { l[1..].to_vec() } else { l };
+                            data.extend_from_slice(&l);
+                        }
+                        inbox.lock().unwrap().push((from.clone(), to.clone(), data));
+                        "250 queued\r\n".into()
+                    } else if upper.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        "250 ok\r\n".into()
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    SmtpSink { addr, inbox, connections, task }
+}
+
+/// Sends `n` policy requests (distinct transactions `PREFIX.i`) from `client_ip` with `helo` and
+/// `sender` over one connection to the policy server at `policy`; returns the `action=` lines.
+pub async fn policy_checks(policy: SocketAddr, client_ip: &str, helo: &str, sender: &str, prefix: &str, n: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let (r, mut w) = tokio::net::TcpStream::connect(policy).await.expect("connect to the policy server").into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut actions = Vec::with_capacity(n);
+    for i in 0..n {
+        let req = format!(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address={client_ip}\nhelo_name={helo}\n\
+             sender={sender}\nrecipient=victim@ours.example\ninstance={prefix}.{i}\n\n"
+        );
+        w.write_all(req.as_bytes()).await.expect("send a policy request");
+        let mut action = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.expect("read a policy answer");
+            if line == "\n" || line.is_empty() {
+                break;
+            }
+            action.push_str(line.trim_end());
+        }
+        actions.push(action);
+    }
+    actions
 }
