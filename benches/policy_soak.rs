@@ -15,7 +15,7 @@ mod common;
 mod spf_support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ fn main() {
     );
     let server = Server::with_config(dir.path(), &config, "warn,rebound::serve=info,rebound::spf::server=info");
     let pid = server.pid();
-    let addr: SocketAddr = server.logged_word("spf policy server listening on ").expect("policy address").parse().unwrap();
+    let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
     println!("policy_soak: {clients} clients for {seconds} s against pid {pid} on {addr} ({url})");
 
     let done = Arc::new(AtomicBool::new(false));

@@ -1,10 +1,13 @@
 //! A relay that misbehaves (issue 4): reports are queued in a real SQLite outbox through the store (the
 //! same call the policy server's writer makes), and the real sender delivers them over SMTP to a relay on
-//! 127.0.0.1 that, attempt after attempt, refuses service with 421, refuses it with 554, accepts the
+//! 127.0.0.1 (tests/spf_support's sink with a fault switch) that, attempt after attempt, refuses service with 421, refuses it with 554, accepts the
 //! connection and never answers (the sender's timeout must fire), and drops the connection in the middle
 //! of DATA. Each time the reports stay queued with the attempt recorded; once the relay behaves they are
-//! delivered, each exactly once. A 5xx about the recipient itself (550 5.1.1) stays final.
+//! delivered, each exactly once. A 5xx about the recipient itself (550 to RCPT) stays final.
 
+mod spf_support;
+
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,103 +17,7 @@ use rebound::report::config::SmtpConfig;
 use rebound::report::sender::Sender;
 use rebound::store::Store;
 use rebound::store::spf::{CheckItem, ReportToQueue, SpfCheckRow};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-
-/// How the relay behaves on the next connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `421 4.3.2` at the greeting.
-    Busy,
-    /// `554 5.3.2` at the greeting: no service for us.
-    NoService,
-    /// Accepts the connection, says nothing.
-    Hang,
-    /// Takes part of the data after 354, then closes the connection.
-    DropInData,
-    /// `550 5.1.1` to RCPT: the recipient does not exist.
-    UnknownRecipient,
-    /// Accepts everything.
-    Good,
-}
-
-/// What the relay received: (RCPT TO, DATA) of each message it accepted.
-type Inbox = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// An SMTP relay on 127.0.0.1 whose behaviour the test switches.
-async fn relay(mode: Arc<Mutex<Mode>>) -> (std::net::SocketAddr, Inbox) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let inbox: Inbox = Arc::default();
-    let received = inbox.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else { return };
-            let mode = *mode.lock().unwrap();
-            let inbox = received.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = conn.into_split();
-                let mut r = BufReader::new(r);
-                let greeting: &[u8] = match mode {
-                    Mode::Busy => b"421 4.3.2 relay.test busy, try again later\r\n",
-                    Mode::NoService => b"554 5.3.2 relay.test: no SMTP service for you\r\n",
-                    Mode::Hang => {
-                        // Hold the connection open, silent, until the client gives up.
-                        let mut sink = Vec::new();
-                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut sink).await;
-                        return;
-                    }
-                    _ => b"220 relay.test ESMTP\r\n",
-                };
-                if w.write_all(greeting).await.is_err() || !greeting.starts_with(b"220") {
-                    return;
-                }
-                let mut to = String::new();
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let upper = line.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                        b"250-relay.test\r\n250 8BITMIME\r\n"
-                    } else if upper.starts_with("RCPT TO:") {
-                        to = line[8..].trim().to_string();
-                        if mode == Mode::UnknownRecipient { b"550 5.1.1 no such user\r\n" } else { b"250 ok\r\n" }
-                    } else if upper.starts_with("DATA") {
-                        let _ = w.write_all(b"354 go ahead\r\n").await;
-                        let mut data = Vec::new();
-                        loop {
-                            let mut l = Vec::new();
-                            if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if mode == Mode::DropInData && data.len() > 200 {
-                                // Cut off: the client sees the connection close before the final reply.
-                                return;
-                            }
-                            if l == b".\r\n" {
-                                break;
-                            }
-                            data.extend_from_slice(if l.starts_with(b"..") { &l[1..] } else { &l });
-                        }
-                        inbox.lock().unwrap().push((to.clone(), data));
-                        b"250 2.0.0 queued\r\n"
-                    } else if upper.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, inbox)
-}
+use spf_support::{Fault, queue_answer, smtp_relay};
 
 /// Queue a report to `address` with its check, as the policy server's writer does.
 async fn queue_report(store: &Store, address: &str, n: usize) {
@@ -160,15 +67,20 @@ async fn due_now(store: &Store) {
         .unwrap();
 }
 
-/// Sender rounds until nothing is due (a round claims one report); returns the reports attempted.
-async fn rounds(sender: &Sender) -> usize {
-    let mut attempted = 0;
-    loop {
-        match sender.round().await {
-            0 => return attempted,
-            n => attempted += n,
+/// Rounds of the sender until nothing is due; how many reports were attempted. Bounded, so a sender that
+/// waits forever fails the test instead of hanging it.
+async fn attempt_all(sender: &Sender) -> usize {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut n = 0;
+        loop {
+            match sender.round().await {
+                0 => return n,
+                k => n += k,
+            }
         }
-    }
+    })
+    .await
+    .expect("the sender never finished its rounds")
 }
 
 #[tokio::test]
@@ -179,19 +91,18 @@ async fn reports_stay_queued_through_relay_faults_and_go_once_the_relay_behaves(
     for n in 0..REPORTS {
         queue_report(&store, &format!("spf-reports{n}@example.com"), n).await;
     }
-    let mode = Arc::new(Mutex::new(Mode::Busy));
-    let (addr, inbox) = relay(mode.clone()).await;
-    let smtp = SmtpConfig { relay: addr.to_string(), timeout_secs: 1, ..SmtpConfig::default() };
+    let mode = Arc::new(Mutex::new(Fault::Busy));
+    let relay = smtp_relay(queue_answer(Arc::default()), Duration::ZERO, mode.clone()).await;
+    let inbox = relay.inbox.clone();
+    let smtp = SmtpConfig { relay: relay.addr.to_string(), timeout_secs: 1, ..SmtpConfig::default() };
     let sender = Sender::new(store.clone(), &smtp, "reports@ours.example", 10, Arc::new(AtomicBool::new(true))).unwrap();
 
-    let faults = [Mode::Busy, Mode::NoService, Mode::Hang, Mode::DropInData];
+    let faults = [Fault::Busy, Fault::NoService, Fault::Hang, Fault::DropInData];
     for (i, fault) in faults.into_iter().enumerate() {
         *mode.lock().unwrap() = fault;
         due_now(&store).await;
         let started = Instant::now();
-        // Bounded, so a sender that waits forever fails the test instead of hanging it.
-        let attempted = tokio::time::timeout(Duration::from_secs(60), rounds(&sender)).await.expect("the rounds never ended");
-        assert_eq!(attempted, REPORTS, "{fault:?}: every due report is attempted");
+        assert_eq!(attempt_all(&sender).await, REPORTS, "{fault:?}: every due report is attempted");
         let took = started.elapsed();
         let attempts = i as i64 + 1;
         assert!(inbox.lock().unwrap().is_empty(), "{fault:?}: nothing delivered");
@@ -206,18 +117,18 @@ async fn reports_stay_queued_through_relay_faults_and_go_once_the_relay_behaves(
             .await
             .unwrap();
         eprintln!("relay_faults: {fault:?}: {REPORTS} reports attempted in {took:.1?}, queued again: {detail}");
-        if fault == Mode::Hang {
+        if fault == Fault::Hang {
             // The connect succeeds and the greeting never comes: each attempt is abandoned after 5 x the
             // 1 s step timeout.
             assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(30), "{took:?}");
         }
     }
 
-    *mode.lock().unwrap() = Mode::Good;
+    *mode.lock().unwrap() = Fault::None;
     due_now(&store).await;
-    assert_eq!(rounds(&sender).await, REPORTS);
+    assert_eq!(attempt_all(&sender).await, REPORTS);
     let inbox = inbox.lock().unwrap().clone();
-    let mut to: Vec<&str> = inbox.iter().map(|(t, _)| t.as_str()).collect();
+    let mut to: Vec<&str> = inbox.iter().map(|(_, t, _)| t.as_str()).collect();
     to.sort_unstable();
     assert_eq!(to, ["<spf-reports0@example.com>", "<spf-reports1@example.com>", "<spf-reports2@example.com>"]);
     let sent = "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'sent' AND attempts = 5 AND sent_at IS NOT NULL";
@@ -233,8 +144,9 @@ async fn a_recipient_the_relay_says_does_not_exist_is_final() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
     queue_report(&store, "nobody@example.com", 0).await;
-    let (addr, inbox) = relay(Arc::new(Mutex::new(Mode::UnknownRecipient))).await;
-    let smtp = SmtpConfig { relay: addr.to_string(), timeout_secs: 1, ..SmtpConfig::default() };
+    let relay = smtp_relay(queue_answer(Arc::new(Mutex::new(VecDeque::from([550u16])))), Duration::ZERO, Arc::default()).await;
+    let inbox = relay.inbox.clone();
+    let smtp = SmtpConfig { relay: relay.addr.to_string(), timeout_secs: 1, ..SmtpConfig::default() };
     let sender = Sender::new(store.clone(), &smtp, "reports@ours.example", 10, Arc::new(AtomicBool::new(true))).unwrap();
     assert_eq!(sender.round().await, 1);
     assert!(inbox.lock().unwrap().is_empty());

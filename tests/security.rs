@@ -42,8 +42,8 @@ fn lmtp_refuses_clients_outside_allow_networks_and_serves_the_others() {
     let server = Server::launch(dir.path(), &url, "", "allow_networks = [\"127.0.0.1/32\", \"::1\"]", LOG);
     let refused = read_all(connect_from("127.0.0.2", server.addr));
     assert!(refused.starts_with("421 4.7.1 "), "{refused:?}");
-    server.wait_for_log("outside allow_networks refused");
-    assert!(server.log().contains("127.0.0.2"), "the log names the client: {}", server.log());
+    let line = server.logged_line("outside allow_networks refused", Duration::from_secs(10));
+    assert!(line.is_some_and(|l| l.contains("127.0.0.2")), "a warning naming the client: {}", server.log());
     let mut client = Client::ready(server.addr);
     assert_eq!(client.deliver("", &["b@example.com"], &sample_message(1))[0].code, 250);
     assert_eq!(common::count_messages(&url), 1);
@@ -68,10 +68,11 @@ fn policy_server_refuses_clients_outside_allow_networks_and_serves_the_others() 
          [spf]\nlisten = \"127.0.0.1:0\"\nallow_networks = [\"127.0.0.1\"]\n"
     );
     let server = Server::with_config(dir.path(), &config, LOG);
-    let policy: SocketAddr = server.logged_word("spf policy server listening on ").expect("policy address").parse().unwrap();
+    let policy = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
     let refused = policy_request(connect_from("127.0.0.2", policy));
     assert!(refused.starts_with("action=defer_if_permit "), "{refused:?}");
-    server.wait_for_log("outside allow_networks, refused");
+    let line = server.logged_line("outside allow_networks, refused", Duration::from_secs(10));
+    assert!(line.is_some_and(|l| l.contains("127.0.0.2")), "a warning naming the client: {}", server.log());
     // 127.0.0.9 is in the default trusted_networks: DUNNO without a DNS look-up.
     assert_eq!(policy_request(connect_from("127.0.0.1", policy)), "action=DUNNO\n");
 }

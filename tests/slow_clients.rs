@@ -8,7 +8,7 @@ mod common;
 mod spf_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -201,7 +201,7 @@ fn policy_slowloris_and_oversized_clients_do_not_starve_normal_ones() {
         dns.spec()
     );
     let server = Server::with_config(dir.path(), &config, "warn,rebound::serve=info,rebound::spf::server=info");
-    let addr: SocketAddr = server.logged_word("spf policy server listening on ").expect("policy address").parse().unwrap();
+    let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
     let stop = Arc::new(AtomicBool::new(false));
 
     let slow = TcpStream::connect(addr).unwrap();

@@ -24,9 +24,10 @@ const CLAIM: i64 = 1;
 const BACKOFF_BASE: Duration = Duration::from_secs(60);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
-/// One delivery attempt may take this many `[smtp] timeout_secs` in all. lettre's async transport bounds
-/// only the TCP connect; a relay that accepts the connection and then says nothing (or stalls after the
-/// data) would otherwise hold the sender, and with it the whole outbox, forever.
+/// One delivery attempt may take this many `[smtp] timeout_secs` in all (fewer than the 8 of [`lease`], so
+/// a live sender is never overtaken). lettre's async transport bounds only the TCP connect; a relay that
+/// accepts the connection and then says nothing (or stalls after the data) would otherwise hold the
+/// sender, and with it the whole outbox, forever.
 const ATTEMPT_STEPS: u32 = 5;
 
 /// Delivers the outbox.
@@ -38,8 +39,8 @@ pub struct Sender {
     worker: String,
     enabled: Arc<AtomicBool>,
     idle: Duration,
-    lease: Duration,
     attempt_limit: Duration,
+    lease: Duration,
 }
 
 /// The sender could not be set up.
@@ -77,8 +78,8 @@ impl Sender {
             worker,
             enabled,
             idle: Duration::from_secs(1),
-            lease: lease(smtp.timeout_secs),
             attempt_limit: step * ATTEMPT_STEPS,
+            lease: lease(smtp.timeout_secs),
         })
     }
 
@@ -191,10 +192,11 @@ enum Failure {
     Timeout,
 }
 
-/// Whether the relay refused the report for good: a 5xx about the recipient (RFC 3463 `5.1.x` address or
-/// `5.2.x` mailbox status, or, without an enhanced code, 550/551/553). Any other 5xx is the relay refusing
-/// us (no service, relaying denied, a protocol error) and, like a 4xx, is retried until `max_attempts`,
-/// so a relay's misconfiguration does not lose the reports queued meanwhile.
+/// Whether the relay refused the report for good: a 5xx about the recipient, that is an RFC 3463 `5.1.x`
+/// (address) or `5.2.x` (mailbox) status, or 550/551/553 with no enhanced code or an undefined `5.0.x`
+/// one. Any other 5xx is the relay refusing us (no service, relaying denied, a protocol error) and, like a
+/// 4xx, is retried until `max_attempts`, so a relay's misconfiguration does not lose the reports queued
+/// meanwhile.
 fn recipient_refused(e: &lettre::transport::smtp::Error) -> bool {
     if !e.is_permanent() {
         return false;
@@ -202,9 +204,11 @@ fn recipient_refused(e: &lettre::transport::smtp::Error) -> bool {
     // lettre's text: "permanent error (550): 5.1.1 no such user".
     let text = e.to_string();
     let reply = text.split_once("): ").map_or("", |(_, r)| r);
-    match reply.split_whitespace().next().and_then(|w| w.strip_prefix("5.")) {
-        Some(rest) if rest.contains('.') => rest.starts_with("1.") || rest.starts_with("2."),
-        _ => e.status().is_some_and(|c| matches!(u16::from(c), 550 | 551 | 553)),
+    let subject = reply.split_whitespace().next().and_then(|w| w.strip_prefix("5.")).filter(|r| r.contains('.'));
+    match subject.and_then(|r| r.split('.').next()) {
+        Some("1" | "2") => true,
+        Some("0") | None => e.status().is_some_and(|c| matches!(u16::from(c), 550 | 551 | 553)),
+        Some(_) => false,
     }
 }
 

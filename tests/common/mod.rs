@@ -111,6 +111,19 @@ impl Server {
         None
     }
 
+    /// The first logged line containing `needle`, waiting up to `timeout` for it (the log is read on
+    /// another thread, a moment after the server writes it).
+    pub fn logged_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let found = self.stderr.lock().unwrap().iter().find(|line| line.contains(needle)).cloned();
+            if found.is_some() || start.elapsed() >= timeout {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -134,21 +147,10 @@ impl Server {
         None
     }
 
-    /// The first whitespace-separated word after `marker` in the log so far (e.g. the address after
-    /// "spf policy server listening on ").
-    pub fn logged_word(&self, marker: &str) -> Option<String> {
-        let lines = self.stderr.lock().unwrap();
-        lines.iter().find_map(|l| Some(l[l.find(marker)? + marker.len()..].split_whitespace().next()?.to_string()))
-    }
-
     /// Waits (up to 20 s, then fails the test) until the log contains `needle`: the server may log an
     /// event just after the client saw its effect.
     pub fn wait_for_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in the log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(self.logged_line(needle, Duration::from_secs(20)).is_some(), "no {needle:?} in the log:\n{}", self.log());
     }
 
     /// Everything it logged so far.

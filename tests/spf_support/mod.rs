@@ -243,19 +243,45 @@ impl Drop for SmtpSink {
 /// Starts a sink that answers RCPT with the next code of `rcpt_codes` (250 when empty) and waits
 /// `greeting_delay` before its 220 greeting (as a tarpitting relay does).
 pub async fn smtp_sink(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>, greeting_delay: std::time::Duration) -> SmtpSink {
-    sink_answering(Arc::new(move |_: &str| rcpt_codes.lock().unwrap().pop_front().unwrap_or(250)), greeting_delay).await
+    smtp_relay(queue_answer(rcpt_codes), greeting_delay, Arc::default()).await
 }
 
 /// Starts a sink that answers `RCPT TO:<address>` with the code `codes` gives the address (250 when none).
 pub async fn smtp_sink_by_recipient(codes: std::collections::HashMap<String, u16>) -> SmtpSink {
     let answer = move |rcpt: &str| codes.get(rcpt.trim().trim_start_matches('<').trim_end_matches('>')).copied().unwrap_or(250);
-    sink_answering(Arc::new(answer), std::time::Duration::ZERO).await
+    smtp_relay(Arc::new(answer), std::time::Duration::ZERO, Arc::default()).await
 }
 
 /// The RCPT reply code for a `RCPT TO:` argument.
-type Answer = Arc<dyn Fn(&str) -> u16 + Send + Sync>;
+pub type Answer = Arc<dyn Fn(&str) -> u16 + Send + Sync>;
 
-async fn sink_answering(answer: Answer, greeting_delay: std::time::Duration) -> SmtpSink {
+/// Answers every RCPT with the next code of `rcpt_codes` (250 when empty).
+pub fn queue_answer(rcpt_codes: Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>) -> Answer {
+    Arc::new(move |_: &str| rcpt_codes.lock().unwrap().pop_front().unwrap_or(250))
+}
+
+/// How a relay misbehaves on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// It does not: a working sink.
+    #[default]
+    None,
+    /// `421 4.3.2` at the greeting, then closes.
+    Busy,
+    /// `554 5.3.2` at the greeting (no service for this client), then closes.
+    NoService,
+    /// Accepts the connection and never says anything.
+    Hang,
+    /// Takes about 200 bytes of the data after 354, then closes the connection.
+    DropInData,
+}
+
+/// Like [`smtp_sink`], misbehaving as `fault` says (read at each new connection, so a test can switch it).
+pub async fn smtp_relay(
+    answer: Answer,
+    greeting_delay: std::time::Duration,
+    fault: Arc<std::sync::Mutex<Fault>>,
+) -> SmtpSink {
     use tokio::io::AsyncBufReadExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the SMTP sink");
     let addr = listener.local_addr().expect("sink addr");
@@ -268,11 +294,24 @@ async fn sink_answering(answer: Answer, greeting_delay: std::time::Duration) -> 
             connections2.fetch_add(1, Ordering::SeqCst);
             let inbox = inbox2.clone();
             let answer = answer.clone();
+            let fault = *fault.lock().unwrap();
             tokio::spawn(async move {
                 tokio::time::sleep(greeting_delay).await;
                 let (r, mut w) = conn.into_split();
                 let mut r = tokio::io::BufReader::new(r);
-                let _ = w.write_all(b"220 sink.test ESMTP\r\n").await;
+                let greeting: &[u8] = match fault {
+                    Fault::Busy => b"421 4.3.2 sink.test busy, try again later\r\n",
+                    Fault::NoService => b"554 5.3.2 sink.test: no SMTP service for you\r\n",
+                    Fault::Hang => {
+                        // Silent until the client gives up.
+                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut r, &mut Vec::new()).await;
+                        return;
+                    }
+                    Fault::None | Fault::DropInData => b"220 sink.test ESMTP\r\n",
+                };
+                if w.write_all(greeting).await.is_err() || !greeting.starts_with(b"220") {
+                    return;
+                }
                 let (mut from, mut to) = (String::new(), String::new());
                 loop {
                     let mut line = String::new();
@@ -299,6 +338,10 @@ async fn sink_answering(answer: Answer, greeting_delay: std::time::Duration) -> 
                         loop {
                             let mut l = Vec::new();
                             if r.read_until(b'\n', &mut l).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if fault == Fault::DropInData && data.len() > 200 {
+                                // Cut off: the client sees the connection close before the final reply.
                                 return;
                             }
                             if l == b".\r\n" {
