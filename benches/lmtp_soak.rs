@@ -11,11 +11,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::load::{Conn, bounce, env_u64, micros, percentile_ms, sample_for, status_mib};
+use common::load::{Conn, Soak, bounce, env_u64, micros, percentile_ms, soak, status_mib};
 use common::{Server, count_messages, dot_stuff, sqlite_url};
 
 fn main() {
@@ -28,35 +26,19 @@ fn main() {
     let addr = server.addr;
     println!("lmtp_soak: {clients} clients for {seconds} s against pid {pid} on {addr} ({url})");
 
-    let done = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..clients)
+    let connections: Vec<_> = (0..clients)
         .map(|c| {
-            let (done, acked) = (done.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut conn = Conn::open(addr, Duration::from_secs(30)).expect("LMTP connection");
-                let mut latencies = Vec::new();
-                let mut n = 0;
-                while !done.load(Ordering::Relaxed) {
-                    let data = dot_stuff(&bounce("soak", c, n));
-                    let start = Instant::now();
-                    let code = conn.deliver("", &data, || {}).expect("LMTP transaction");
-                    assert_eq!(code, 250, "message {c}-{n}");
-                    latencies.push(micros(start));
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    n += 1;
-                }
-                latencies
-            })
+            let mut conn = Conn::open(addr, Duration::from_secs(30)).expect("LMTP connection");
+            move |n: usize| {
+                let data = dot_stuff(&bounce("soak", c, n));
+                let start = Instant::now();
+                let code = conn.deliver("", &data, || {}).expect("LMTP transaction");
+                assert_eq!(code, 250, "message {c}-{n}");
+                micros(start)
+            }
         })
         .collect();
-
-    let start = Instant::now();
-    let samples = sample_for(pid, seconds, Duration::from_secs(10), || acked.load(Ordering::Relaxed));
-    done.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
+    let Soak { samples, latencies, elapsed } = soak(pid, seconds, connections);
     let total = latencies.len();
     let stored = count_messages(&url);
     // The first sample after warm-up (10 s) against the last one.

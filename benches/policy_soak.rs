@@ -16,11 +16,9 @@ mod spf_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::load::{env_u64, micros, percentile_ms, sample_for, status_mib};
+use common::load::{Soak, env_u64, micros, percentile_ms, soak, status_mib};
 use common::{Server, scalar, sqlite_url};
 use spf_support::{Rec, txt};
 
@@ -74,42 +72,26 @@ fn main() {
     let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
     println!("policy_soak: {clients} clients for {seconds} s against pid {pid} on {addr} ({url})");
 
-    let done = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..clients)
+    let connections: Vec<_> = (0..clients)
         .map(|c| {
-            let (done, answered) = (done.clone(), answered.clone());
-            std::thread::spawn(move || {
-                let stream = TcpStream::connect(addr).expect("policy connection");
-                stream.set_nodelay(true).unwrap();
-                stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let mut reader = BufReader::new(stream);
-                let mut latencies = Vec::new();
-                let mut n = 0;
-                let mut line = String::new();
-                while !done.load(Ordering::Relaxed) {
-                    let start = Instant::now();
-                    reader.get_mut().write_all(request(c, n).as_bytes()).expect("request");
-                    line.clear();
-                    reader.read_line(&mut line).expect("answer");
-                    assert!(line.starts_with("action="), "{line:?}");
-                    let mut blank = String::new();
-                    reader.read_line(&mut blank).expect("end of answer");
-                    latencies.push(micros(start));
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    n += 1;
-                }
-                latencies
-            })
+            let stream = TcpStream::connect(addr).expect("policy connection");
+            stream.set_nodelay(true).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            move |n: usize| {
+                let start = Instant::now();
+                reader.get_mut().write_all(request(c, n).as_bytes()).expect("request");
+                line.clear();
+                reader.read_line(&mut line).expect("answer");
+                assert!(line.starts_with("action="), "{line:?}");
+                let mut blank = String::new();
+                reader.read_line(&mut blank).expect("end of answer");
+                micros(start)
+            }
         })
         .collect();
-
-    let start = Instant::now();
-    let samples = sample_for(pid, seconds, Duration::from_secs(10), || answered.load(Ordering::Relaxed));
-    done.store(true, Ordering::Relaxed);
-    let mut latencies: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
+    let Soak { samples, latencies, elapsed } = soak(pid, seconds, connections);
     let total = latencies.len();
     // The checks reach the database through the writer, shortly after their answers.
     let want = 2 * total as i64;

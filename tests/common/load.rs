@@ -160,6 +160,47 @@ pub fn sample_for(pid: u32, seconds: u64, every: Duration, done: impl Fn() -> u6
     samples
 }
 
+/// What a [`soak`] measured.
+pub struct Soak {
+    /// The server samples, every 10 s (the first at t = 0).
+    pub samples: Vec<Sample>,
+    /// Every request's latency, µs, sorted.
+    pub latencies: Vec<u32>,
+    /// Seconds the load ran.
+    pub elapsed: f64,
+}
+
+/// Sustained load: one thread per client, each calling its closure with n = 0, 1, 2, ... (one request,
+/// returning its latency in µs) until `seconds` are over, while [`sample_for`] samples the server `pid`
+/// every 10 s.
+pub fn soak<C: FnMut(usize) -> u32 + Send>(pid: u32, seconds: u64, clients: Vec<C>) -> Soak {
+    let done = AtomicBool::new(false);
+    let completed = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|mut request| {
+                let (done, completed) = (&done, &completed);
+                scope.spawn(move || {
+                    let mut latencies = Vec::new();
+                    while !done.load(Ordering::Relaxed) {
+                        latencies.push(request(latencies.len()));
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let samples = sample_for(pid, seconds, Duration::from_secs(10), || completed.load(Ordering::Relaxed));
+        done.store(true, Ordering::Relaxed);
+        let mut latencies: Vec<u32> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let elapsed = start.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        Soak { samples, latencies, elapsed }
+    })
+}
+
 /// sha256 of `bytes`, lower-case hex (the `messages.sha256` column).
 pub fn sha_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
