@@ -62,14 +62,8 @@ fn main() {
     let dns = rt.block_on(spf_support::start(&zone()));
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
-    let config = format!(
-        "[database]\nurl = \"{url}\"\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n\
-         [spf]\nlisten = \"127.0.0.1:0\"\ndns = [\"{}\"]\ntrusted_networks = []\n",
-        dns.spec()
-    );
-    let server = Server::with_config(dir.path(), &config, "warn,rebound::serve=info,rebound::spf::server=info");
+    let (server, addr) = Server::with_policy_server(dir.path(), &dns.spec());
     let pid = server.pid();
-    let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
     println!("policy_soak: {clients} clients for {seconds} s against pid {pid} on {addr} ({url})");
 
     let connections: Vec<_> = (0..clients)

@@ -194,14 +194,7 @@ fn policy_slowloris_and_oversized_clients_do_not_starve_normal_ones() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dns = rt.block_on(spf_support::start(&[("example.com", txt("v=spf1 ip4:192.0.2.0/24 -all"))]));
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
-    let config = format!(
-        "[database]\nurl = \"{url}\"\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n\
-         [spf]\nlisten = \"127.0.0.1:0\"\ndns = [\"{}\"]\ntrusted_networks = []\n",
-        dns.spec()
-    );
-    let server = Server::with_config(dir.path(), &config, "warn,rebound::serve=info,rebound::spf::server=info");
-    let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
+    let (server, addr) = Server::with_policy_server(dir.path(), &dns.spec());
     let stop = Arc::new(AtomicBool::new(false));
 
     let slow = TcpStream::connect(addr).unwrap();

@@ -56,6 +56,20 @@ impl Server {
         Server::with_config(dir, &text, log_filter)
     }
 
+    /// Start `rebound serve` on a new SQLite file in `dir` with its SPF policy server resolving through the
+    /// DNS server `dns` (`HOST:PORT`), every client checked (no trusted networks); returns it and the
+    /// policy server's address.
+    pub fn with_policy_server(dir: &Path, dns: &str) -> (Server, SocketAddr) {
+        let config = format!(
+            "[database]\nurl = \"{}\"\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n\
+             [spf]\nlisten = \"127.0.0.1:0\"\ndns = [\"{dns}\"]\ntrusted_networks = []\n",
+            sqlite_url(dir)
+        );
+        let server = Server::with_config(dir, &config, "warn,rebound::serve=info,rebound::spf::server=info");
+        let addr = server.logged_addr("spf policy server listening on ", Duration::from_secs(10)).expect("policy address");
+        (server, addr)
+    }
+
     /// Start `rebound serve` with the whole configuration `text` (written to `dir/rebound.toml`); its LMTP
     /// listener must be on 127.0.0.1.
     pub fn with_config(dir: &Path, text: &str, log_filter: &str) -> Server {
