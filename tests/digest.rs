@@ -310,16 +310,6 @@ async fn empty_database_gives_a_friendly_digest(db: &TestDb) {
     assert!(!html.contains("<svg"), "no empty charts");
 }
 
-#[tokio::test]
-async fn empty_database_on_sqlite() {
-    empty_database_gives_a_friendly_digest(&TestDb::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn empty_database_on_postgres() {
-    let Some(db) = TestDb::postgres("empty").await else { return };
-    empty_database_gives_a_friendly_digest(&db).await;
-}
 
 #[tokio::test]
 async fn quiet_period_in_a_database_with_data_says_so() {
@@ -669,13 +659,4 @@ async fn rate_limited_reports_are_in_the_digest(db: &TestDb) {
     assert!(render::html(&d).unwrap().contains("rate-limited 3"));
 }
 
-#[tokio::test]
-async fn rate_limited_reports_are_in_the_digest_on_sqlite() {
-    rate_limited_reports_are_in_the_digest(&TestDb::sqlite().await).await;
-}
-
-#[tokio::test]
-async fn rate_limited_reports_are_in_the_digest_on_postgres() {
-    let Some(db) = TestDb::postgres("ratelimited").await else { return };
-    rate_limited_reports_are_in_the_digest(&db).await;
-}
+on_both_backends!(empty_database_gives_a_friendly_digest, rate_limited_reports_are_in_the_digest);

@@ -100,16 +100,10 @@ async fn check_counts(store: &Store) {
     assert_eq!(scalar(store, "SELECT COUNT(*) FROM outgoing_reports WHERE status = 'failed'").await, 1);
 }
 
-#[tokio::test]
-async fn sqlite_holds_limits_and_claims_once() {
-    let db = TestDb::sqlite().await;
+/// The per-address rate, the hourly cap and claims (FOR UPDATE SKIP LOCKED on Postgres), on one backend.
+async fn holds_limits_and_claims_once(db: &TestDb) {
     exercise(&db.store).await;
     check_counts(&db.store).await;
 }
 
-#[tokio::test]
-async fn postgres_holds_limits_and_claims_once_with_skip_locked() {
-    let Some(db) = TestDb::postgres("spf_report_store").await else { return };
-    exercise(&db.store).await;
-    check_counts(&db.store).await;
-}
+on_both_backends!(holds_limits_and_claims_once);

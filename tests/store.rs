@@ -554,30 +554,7 @@ async fn every_view_runs(db: &TestDb) {
                       "last_bounced_at", "bounce_id", "hard_bounces"]);
 }
 
-/// Generate one `#[tokio::test]` per backend for each shared test.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = crate::TestDb::sqlite().await;
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(db) = crate::TestDb::postgres(stringify!($name)).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
-
+// One `#[tokio::test]` per backend for each shared test.
 on_both_backends!(
     migrations_are_idempotent,
     a_database_from_a_newer_rebound_is_a_schema_error,

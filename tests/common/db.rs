@@ -35,6 +35,32 @@ impl TestDb {
     }
 }
 
+/// One `#[tokio::test]` per backend for each async `fn NAME(db: &TestDb)` named: `sqlite::NAME` and
+/// `postgres::NAME` (which skips, saying why, without `REBOUND_TEST_POSTGRES_URL`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = $crate::common::db::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = $crate::common::db::TestDb::postgres(stringify!($name)).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Run `$body` with `$pool` bound to whichever concrete pool the store has (the body compiles for both).
 #[macro_export]
 macro_rules! with_pool {
