@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{Conn, Soak, bounce, env_u64, micros, percentile_ms, soak, status_mib};
+use common::load::{Conn, bounce, env_u64, micros, soak};
 use common::{Server, count_messages, dot_stuff, sqlite_url};
 
 fn main() {
@@ -38,24 +38,10 @@ fn main() {
             }
         })
         .collect();
-    let Soak { samples, latencies, elapsed } = soak(pid, seconds, connections);
-    let total = latencies.len();
+    let run = soak(pid, seconds, connections);
+    let total = run.latencies.len();
     let stored = count_messages(&url);
-    // The first sample after warm-up (10 s) against the last one.
-    let (first, last) = (samples.get(1).unwrap_or(&samples[0]), samples.last().unwrap());
-    println!(
-        "lmtp_soak: {total} messages acknowledged in {elapsed:.0} s = {:.0} msg/s; latency p50 {:.2} ms, p99 \
-         {:.2} ms, max {:.2} ms; peak RSS (VmHWM) {:.1} MiB; RSS {:.1} -> {:.1} MiB, fds {} -> {} (first 10 s sample -> end)",
-        total as f64 / elapsed,
-        percentile_ms(&latencies, 0.50),
-        percentile_ms(&latencies, 0.99),
-        percentile_ms(&latencies, 1.0),
-        status_mib(pid, "VmHWM:"),
-        first.rss,
-        last.rss,
-        first.fds,
-        last.fds,
-    );
+    println!("lmtp_soak: {}", run.summary(pid, "messages acknowledged", "msg/s"));
     assert_eq!(stored, total as i64, "rows in the database vs messages acknowledged");
     drop(server);
 }

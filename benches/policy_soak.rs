@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::load::{Soak, env_u64, micros, percentile_ms, soak, status_mib};
+use common::load::{env_u64, micros, soak};
 use common::{Server, scalar, sqlite_url};
 use spf_support::{Rec, txt};
 
@@ -85,8 +85,8 @@ fn main() {
             }
         })
         .collect();
-    let Soak { samples, latencies, elapsed } = soak(pid, seconds, connections);
-    let total = latencies.len();
+    let run = soak(pid, seconds, connections);
+    let total = run.latencies.len();
     // The checks reach the database through the writer, shortly after their answers.
     let want = 2 * total as i64;
     let mut rows = 0;
@@ -97,21 +97,10 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (first, last) = (samples.get(1).unwrap_or(&samples[0]), samples.last().unwrap());
     println!(
-        "policy_soak: {total} requests answered in {elapsed:.0} s = {:.0} req/s; latency p50 {:.2} ms, p99 {:.2} ms, \
-         max {:.2} ms; peak RSS (VmHWM) {:.1} MiB; RSS {:.1} -> {:.1} MiB, fds {} -> {} (first 10 s sample -> end); \
-         {rows} spf_checks rows; {} DNS queries",
-        total as f64 / elapsed,
-        percentile_ms(&latencies, 0.50),
-        percentile_ms(&latencies, 0.99),
-        percentile_ms(&latencies, 1.0),
-        status_mib(pid, "VmHWM:"),
-        first.rss,
-        last.rss,
-        first.fds,
-        last.fds,
-        dns.queries(),
+        "policy_soak: {}; {rows} spf_checks rows; {} DNS queries",
+        run.summary(pid, "requests answered", "req/s"),
+        dns.queries()
     );
     assert_eq!(rows, want, "spf_checks rows vs two identities per answered request");
     drop(server);

@@ -170,6 +170,30 @@ pub struct Soak {
     pub elapsed: f64,
 }
 
+impl Soak {
+    /// The figures both soaks print: how many completed (`what`, e.g. "messages acknowledged") in the time,
+    /// the rate (`per_second`, e.g. "msg/s"), p50/p99/max latency, the server
+    /// `pid`'s peak RSS, and RSS and descriptors from the first sample after warm-up (10 s) to the last.
+    pub fn summary(&self, pid: u32, what: &str, per_second: &str) -> String {
+        let total = self.latencies.len();
+        let (first, last) = (self.samples.get(1).unwrap_or(&self.samples[0]), self.samples.last().unwrap());
+        format!(
+            "{total} {what} in {:.0} s = {:.0} {per_second}; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             peak RSS (VmHWM) {:.1} MiB; RSS {:.1} -> {:.1} MiB, fds {} -> {} (first 10 s sample -> end)",
+            self.elapsed,
+            total as f64 / self.elapsed,
+            percentile_ms(&self.latencies, 0.50),
+            percentile_ms(&self.latencies, 0.99),
+            percentile_ms(&self.latencies, 1.0),
+            status_mib(pid, "VmHWM:"),
+            first.rss,
+            last.rss,
+            first.fds,
+            last.fds,
+        )
+    }
+}
+
 /// Sustained load: one thread per client, each calling its closure with n = 0, 1, 2, ... (one request,
 /// returning its latency in µs) until `seconds` are over, while [`sample_for`] samples the server `pid`
 /// every 10 s.
