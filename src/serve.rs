@@ -138,7 +138,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         )
     };
     // Mailed digests go through the report outbox: its sender runs with the SPF side when reports are on,
-    // else here, for the digests alone.
+    // else here, for the digests alone (SPF reports left in the outbox stay there while reports are off).
     let digest_sender = match &mailer {
         Some(mailer) if !crate::digest::mail::report_sender_runs(&config) => {
             let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -149,7 +149,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                 config.report.spf.max_attempts,
                 enabled,
             )
-            .map_err(ServeError::DigestSender)?;
+            .map_err(ServeError::DigestSender)?
+            .only_kind(crate::digest::mail::KIND);
             Some(tokio::spawn(sender.run(signalled(shutdown.clone()))))
         }
         _ => None,

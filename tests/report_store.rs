@@ -69,10 +69,14 @@ async fn exercise(store: &Store) {
     // An address refused by the hourly cap keeps its share: nothing was taken from it.
     assert_eq!(store.reports_used(&report("a1@example.org", 5, 3)).await.unwrap(), 0);
 
+    // A sender of mailed digests alone (serve with SPF reports off) leaves the SPF reports queued.
+    let digests_only = store.claim_reports("sender-d", Some("digest"), 10, Duration::from_secs(300)).await.unwrap();
+    assert!(digests_only.is_empty(), "claimed SPF reports for digests only: {digests_only:?}");
+
     // Two senders claim at the same time: each report goes to exactly one.
     let (a, b) = tokio::join!(
-        store.claim_reports("sender-a", 10, Duration::from_secs(300)),
-        store.claim_reports("sender-b", 10, Duration::from_secs(300))
+        store.claim_reports("sender-a", None, 10, Duration::from_secs(300)),
+        store.claim_reports("sender-b", None, 10, Duration::from_secs(300))
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut ids: Vec<i64> = a.iter().chain(b.iter()).map(|r| r.id).collect();
@@ -80,12 +84,12 @@ async fn exercise(store: &Store) {
     ids.dedup();
     assert_eq!(ids.len(), 3);
     assert_eq!(a.len() + b.len(), 3);
-    assert!(store.claim_reports("sender-c", 10, Duration::from_secs(300)).await.unwrap().is_empty());
+    assert!(store.claim_reports("sender-c", None, 10, Duration::from_secs(300)).await.unwrap().is_empty());
 
     let first = ids[0];
     let later = Utc::now() + chrono::Duration::minutes(1);
     store.record_report_attempt(first, AttemptOutcome::Temporary, Some(451), "451 4.0.0 not now", 12, Some(later)).await.unwrap();
-    assert!(store.claim_reports("sender-a", 10, Duration::from_secs(300)).await.unwrap().is_empty(), "not due yet");
+    assert!(store.claim_reports("sender-a", None, 10, Duration::from_secs(300)).await.unwrap().is_empty(), "not due yet");
     store.record_report_attempt(ids[1], AttemptOutcome::Sent, Some(250), "ok", 5, None).await.unwrap();
     store.record_report_attempt(ids[2], AttemptOutcome::Permanent, Some(550), "550 no", 5, None).await.unwrap();
 }

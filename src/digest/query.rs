@@ -1,7 +1,8 @@
 //! The digest's queries. Each runs unchanged on SQLite and Postgres: times are bound as text on SQLite
 //! (where they are stored `YYYY-MM-DD HH:MM:SS`) and as `timestamptz` on Postgres, and the few expressions
-//! that differ (time as text, time buckets) come from [`Dialect`]. Every query is bounded by the period (and
-//! the indexes on `bounced_at`, `checked_at`, `received_at`), so a digest stays fast on a large database.
+//! that differ (time as text) come from [`Dialect`]. Every value (times, reason names, bucket labels) is a
+//! bound parameter ([`Binds`]), never SQL text. Every query is bounded by the period (and the indexes on
+//! `bounced_at`, `checked_at`, `received_at`), so a digest stays fast on a large database.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -56,14 +57,34 @@ impl Dialect {
             Backend::Postgres => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"),
         }
     }
+}
 
-    /// A time as a literal of the column's type.
-    fn time(self, t: DateTime<Utc>) -> String {
-        let text = t.format("%Y-%m-%d %H:%M:%S");
-        match self.0 {
-            Backend::Sqlite => format!("'{text}'"),
-            Backend::Postgres => format!("TIMESTAMPTZ '{text}+00'"),
-        }
+/// The parameters of one query, collected while its SQL is written: [`Binds::bind`] adds one and returns its
+/// placeholder, so values (reason names, bucket labels, times) never enter the SQL text.
+struct Binds<'a>(Vec<Param<'a>>);
+
+impl<'a> Binds<'a> {
+    /// Start after the parameters the query's fixed text already uses (`$1`, `$2`, ...).
+    fn after(fixed: &[Param<'a>]) -> Self {
+        Binds(fixed.to_vec())
+    }
+
+    /// Add a parameter; its placeholder (`$n`).
+    fn bind(&mut self, p: Param<'a>) -> String {
+        self.0.push(p);
+        format!("${}", self.0.len())
+    }
+
+    /// `(VALUES ($n), ($n+1)) AS name`: a one-column table of bound texts (its column is `column1` on both
+    /// backends).
+    fn values(&mut self, name: &str, items: &[&'a str]) -> String {
+        let rows: Vec<String> = items.iter().map(|i| format!("({})", self.bind(Param::Text(i)))).collect();
+        format!("(VALUES {}) AS {name}", rows.join(", "))
+    }
+
+    /// `$n, $n+1, ...` for an `IN (...)` list of bound texts.
+    fn list(&mut self, items: &[&'a str]) -> String {
+        items.iter().map(|i| self.bind(Param::Text(i))).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -196,6 +217,8 @@ pub async fn collect(store: &Store, period: Period) -> Result<Digest, DigestErro
 /// Messages received by kind, in the period and the one before: two range counts per kind on the
 /// `(kind, received_at)` index.
 async fn messages(r: &Reader<'_>) -> Result<Vec<(String, Trend)>, DigestError> {
+    let mut binds = Binds::after(&r.both_periods());
+    let kinds = binds.values("k", &["dsn", "bounce", "arf", "autoreply", "unparsed"]);
     let rows: Vec<(String, i64, i64)> = r
         .rows(
             "messages by kind",
@@ -203,10 +226,9 @@ async fn messages(r: &Reader<'_>) -> Result<Vec<(String, Trend)>, DigestError> {
                 "SELECT k.column1, \
                         (SELECT COUNT(*) FROM messages WHERE kind = k.column1 AND received_at >= $2 AND received_at < $3), \
                         (SELECT COUNT(*) FROM messages WHERE kind = k.column1 AND received_at >= $1 AND received_at < $2) \
-                 FROM {}",
-                values("k", &["dsn", "bounce", "arf", "autoreply", "unparsed"])
+                 FROM {kinds}"
             ),
-            &r.both_periods(),
+            &binds.0,
         )
         .await?;
     Ok(rows
@@ -234,10 +256,18 @@ async fn overview(
     if !reasons.is_empty() {
         // One range scan per reason and bucket on the (reason, bounced_at, hard_bounce) index, counting hard
         // bounces and all events at once (HARD_UNIT); the previous period is the bucket labelled ''.
-        let d = r.dialect;
-        let mut buckets = vec![format!("('', {}, {})", d.time(r.period.previous_from()), d.time(r.period.from))];
-        buckets.extend(ranges.iter().map(|(label, start, end)| format!("({}, {}, {})", quote(label), d.time(*start), d.time(*end))));
+        let mut binds = Binds::after(&[]);
+        let previous = ("", r.period.previous_from(), r.period.from);
+        let buckets: Vec<String> = std::iter::once(previous)
+            .chain(ranges.iter().map(|(label, start, end)| (label.as_str(), *start, *end)))
+            .map(|(label, start, end)| {
+                let (label, start, end) =
+                    (binds.bind(Param::Text(label)), binds.bind(Param::Time(start)), binds.bind(Param::Time(end)));
+                format!("({label}, {start}, {end})")
+            })
+            .collect();
         let reason_refs: Vec<&str> = reasons.iter().map(String::as_str).collect();
+        let reason_table = binds.values("r", &reason_refs);
         let counts: Vec<(String, String, Option<i64>)> = r
             .rows(
                 "bounces by reason and time",
@@ -245,12 +275,11 @@ async fn overview(
                     "SELECT b.column1, r.column1, \
                             (SELECT CAST(SUM(CASE WHEN hard_bounce THEN {} ELSE 1 END) AS BIGINT) FROM bounces \
                              WHERE reason = r.column1 AND bounced_at >= b.column2 AND bounced_at < b.column3) \
-                     FROM {}, (VALUES {}) AS b",
+                     FROM {reason_table}, (VALUES {}) AS b",
                     HARD_UNIT + 1,
-                    values("r", &reason_refs),
                     buckets.join(", ")
                 ),
-                &[],
+                &binds.0,
             )
             .await?;
         for (label, reason, packed) in counts {
@@ -407,17 +436,6 @@ async fn new_reasons(r: &Reader<'_>, reasons: &[ReasonRow], other: &[Named]) -> 
     Ok(new)
 }
 
-/// A string as an SQL literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// `(VALUES ('a'), ('b')) AS name`: a one-column table of literals (its column is `column1` on both backends).
-fn values(name: &str, items: &[&str]) -> String {
-    let rows: Vec<String> = items.iter().map(|i| format!("({})", quote(i))).collect();
-    format!("(VALUES {}) AS {name}", rows.join(", "))
-}
-
 /// Every distinct value of an indexed `column` of `bounces`, by a loose index scan (one index seek per
 /// value, instead of reading every row).
 async fn distinct_values(r: &Reader<'_>, column: &str, what: &'static str) -> Result<Vec<String>, DigestError> {
@@ -468,13 +486,14 @@ async fn suppression(r: &Reader<'_>, reasons: &[String]) -> Result<Listing<Suppr
     let latest = "b.bounced_at >= $1 AND b.bounced_at < $2 AND b.hard_bounce \
          AND NOT EXISTS (SELECT 1 FROM bounces l WHERE l.recipient = b.recipient AND l.bounced_at >= b.bounced_at \
                          AND (l.bounced_at > b.bounced_at OR l.id > b.id))";
-    let reasons: Vec<String> = reasons.iter().map(|reason| quote(reason)).collect();
+    let mut binds = Binds::after(&r.this_period());
+    let reasons = binds.list(&reasons.iter().map(String::as_str).collect::<Vec<_>>());
     // The count seeks each hard reason's range; the newest rows walk the time index backwards and stop at LIST.
     let total = r
         .rows::<(i64,)>(
             "the suppression list",
-            &format!("SELECT COUNT(*) FROM bounces b WHERE b.reason IN ({}) AND {latest}", reasons.join(", ")),
-            &r.this_period(),
+            &format!("SELECT COUNT(*) FROM bounces b WHERE b.reason IN ({reasons}) AND {latest}"),
+            &binds.0,
         )
         .await?
         .first()
@@ -509,6 +528,8 @@ async fn suppression(r: &Reader<'_>, reasons: &[String]) -> Result<Listing<Suppr
 async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
     // Range counts per result on the (result, checked_at, identity) index, for both periods.
     let order = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
+    let mut binds = Binds::after(&r.both_periods());
+    let results_table = binds.values("v", &order);
     let rows: Vec<(String, i64, i64, i64)> = r
         .rows(
             "SPF checks",
@@ -519,10 +540,9 @@ async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
                         (SELECT COUNT(*) FROM spf_checks WHERE result = v.column1 AND checked_at >= $2 AND checked_at < $3 \
                          AND identity = 'helo'), \
                         (SELECT COUNT(*) FROM spf_checks WHERE result = v.column1 AND checked_at >= $1 AND checked_at < $2) \
-                 FROM {}",
-                values("v", &order)
+                 FROM {results_table}"
             ),
-            &r.both_periods(),
+            &binds.0,
         )
         .await?;
     let failing = ["fail", "softfail", "permerror"];
@@ -602,7 +622,9 @@ async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
         .await?;
     let mut suppressed_because: Vec<Named> = suppressed.into_iter().map(|(name, count)| Named { name, count }).collect();
     // Reports refused before the outbox are counted per hour in rate_limits (store::spf::SUPPRESSED_KEY).
-    let keys = NOT_QUEUED.map(|(why, _)| format!("'{SUPPRESSED_KEY}{why}'")).join(", ");
+    let key_names = NOT_QUEUED.map(|(why, _)| format!("{SUPPRESSED_KEY}{why}"));
+    let mut binds = Binds::after(&r.this_period());
+    let keys = binds.list(&key_names.iter().map(String::as_str).collect::<Vec<_>>());
     let not_queued: Vec<(String, i64)> = r
         .rows(
             "reports not queued",
@@ -610,7 +632,7 @@ async fn spf(r: &Reader<'_>) -> Result<SpfSection, DigestError> {
                 "SELECT key, CAST(SUM(count) AS BIGINT) FROM rate_limits WHERE key IN ({keys}) AND window_start >= $1 AND window_start < $2 \
                  GROUP BY key"
             ),
-            &r.this_period(),
+            &binds.0,
         )
         .await?;
     let mut rate_limited = 0;

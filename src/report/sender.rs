@@ -41,6 +41,7 @@ pub struct Sender {
     idle: Duration,
     attempt_limit: Duration,
     lease: Duration,
+    only_kind: Option<&'static str>,
 }
 
 /// The sender could not be set up.
@@ -80,12 +81,20 @@ impl Sender {
             idle: Duration::from_secs(1),
             attempt_limit: step * ATTEMPT_STEPS,
             lease: lease(smtp.timeout_secs),
+            only_kind: None,
         })
     }
 
     /// How long to wait when nothing is due (default 1 s).
     pub fn with_idle(mut self, idle: Duration) -> Self {
         self.idle = idle;
+        self
+    }
+
+    /// Deliver only reports of `kind` (e.g. `serve` delivering mailed digests while SPF reports are off,
+    /// so that queued SPF reports stay behind the kill switch).
+    pub fn only_kind(mut self, kind: &'static str) -> Self {
+        self.only_kind = Some(kind);
         self
     }
 
@@ -106,7 +115,7 @@ impl Sender {
 
     /// Claims and delivers one batch; returns how many reports were attempted.
     pub async fn round(&self) -> usize {
-        let claimed = match self.store.claim_reports(&self.worker, CLAIM, self.lease).await {
+        let claimed = match self.store.claim_reports(&self.worker, self.only_kind, CLAIM, self.lease).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("spf reports: cannot claim: {e}");

@@ -160,12 +160,14 @@ const INSERT_REPORT: &str = "INSERT INTO outgoing_reports (created_at, check_id,
      mail_from, message, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $1) RETURNING id";
 const CLAIM_SQLITE: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
      WHERE id IN (SELECT id FROM outgoing_reports \
-       WHERE (status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3) \
+       WHERE ((status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3)) \
+         AND ($5 IS NULL OR kind = $5) \
        ORDER BY id LIMIT $4) \
      RETURNING id, report_address, message, attempts";
 const CLAIM_POSTGRES: &str = "UPDATE outgoing_reports SET status = 'sending', claimed_by = $1, claimed_until = $2 \
      WHERE id IN (SELECT id FROM outgoing_reports \
-       WHERE (status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3) \
+       WHERE ((status = 'queued' AND next_attempt_at <= $3) OR (status = 'sending' AND claimed_until < $3)) \
+         AND ($5 IS NULL OR kind = $5) \
        ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
      RETURNING id, report_address, message, attempts";
 const INSERT_ATTEMPT: &str = "INSERT INTO report_attempts (report_id, attempted_at, outcome, smtp_code, detail, \
@@ -332,6 +334,7 @@ macro_rules! spf_functions {
         pub(super) async fn claim(
             conn: &mut <$db as sqlx::Database>::Connection,
             worker: &str,
+            kind: Option<&str>,
             limit: i64,
             lease: Duration,
             now: DateTime<Utc>,
@@ -342,6 +345,7 @@ macro_rules! spf_functions {
                 .bind($time(&until))
                 .bind($time(&now))
                 .bind(limit)
+                .bind(kind)
                 .fetch_all(&mut *conn)
                 .await?;
             Ok(rows
@@ -481,22 +485,28 @@ impl Store {
     }
 
     /// Claims up to `limit` due reports for `worker` for `lease` (a report whose lease ran out, because
-    /// its sender died, is due again).
-    pub async fn claim_reports(&self, worker: &str, limit: i64, lease: Duration) -> Result<Vec<ClaimedReport>, StoreError> {
+    /// its sender died, is due again): of every kind, or only of `kind` (`digest`, `spf-failure`, ...).
+    pub async fn claim_reports(
+        &self,
+        worker: &str,
+        kind: Option<&str>,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedReport>, StoreError> {
         let now = Utc::now();
         let context = || format!("cannot claim reports in {}", self.display_url);
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Sqlite, context(), e);
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-                let claimed = sqlite_spf::claim(&mut tx, worker, limit, lease, now).await.map_err(err)?;
+                let claimed = sqlite_spf::claim(&mut tx, worker, kind, limit, lease, now).await.map_err(err)?;
                 tx.commit().await.map_err(err)?;
                 Ok(claimed)
             }
             Pool::Postgres(pool) => {
                 let err = |e: sqlx::Error| StoreError::sqlx(Backend::Postgres, context(), e);
                 let mut tx = pool.begin().await.map_err(err)?;
-                let claimed = postgres_spf::claim(&mut tx, worker, limit, lease, now).await.map_err(err)?;
+                let claimed = postgres_spf::claim(&mut tx, worker, kind, limit, lease, now).await.map_err(err)?;
                 tx.commit().await.map_err(err)?;
                 Ok(claimed)
             }
