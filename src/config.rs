@@ -165,9 +165,14 @@ pub struct LmtpConfig {
     pub max_connections: usize,
     /// Most recipients per transaction; one more gets 452 4.5.3.
     pub max_recipients: usize,
-    /// A connection silent this long is closed with 421.
+    /// A command or data line not complete this long after the previous one closes the connection with 421.
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// A transaction (MAIL to the final `.` of its data) not complete this long after its MAIL command
+    /// closes the connection with 421 4.4.2, unacknowledged: a client trickling its data cannot hold a
+    /// connection slot for longer.
+    #[serde(deserialize_with = "de_duration")]
+    pub transaction_timeout: Duration,
     /// On SIGTERM/SIGINT, how long messages in flight may take to finish before the process exits.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
@@ -184,6 +189,7 @@ impl Default for LmtpConfig {
             max_connections: 100,
             max_recipients: 1000,
             idle_timeout: Duration::from_secs(300),
+            transaction_timeout: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             allow_networks: Vec::new(),
         }
@@ -259,6 +265,9 @@ impl Config {
         }
         if lmtp.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("ingest.lmtp.idle_timeout", "must be at least 1s"));
+        }
+        if lmtp.transaction_timeout < Duration::from_secs(1) {
+            return Err(invalid("ingest.lmtp.transaction_timeout", "must be at least 1s"));
         }
         AllowList::parse(&lmtp.allow_networks).map_err(|e| invalid("ingest.lmtp.allow_networks", &e.to_string()))?;
         if !(0.0..=1.0).contains(&self.classify.min_confidence) {
@@ -351,6 +360,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.ingest.commit_delay, Duration::from_millis(5));
         assert_eq!(c.ingest.lmtp.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.ingest.lmtp.transaction_timeout, Duration::from_secs(600), "the default");
         assert_eq!(c.ingest.lmtp.shutdown_grace, Duration::from_secs(10));
         let e = parse("[ingest]\ncommit_delay = \"5 fortnights\"\n").unwrap_err();
         assert!(e.to_string().contains("commit_delay"), "{e}");
@@ -364,6 +374,8 @@ mod tests {
         assert!(matches!(e, ConfigError::Invalid { key: "database.url", .. }), "{e}");
         let e = parse("[ingest.lmtp]\nmax_connections = 0\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.max_connections", .. }), "{e}");
+        let e = parse("[ingest.lmtp]\ntransaction_timeout = \"0s\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { key: "ingest.lmtp.transaction_timeout", .. }), "{e}");
         let e = parse("[[classify.categories]]\nname = \"mailboxfull\"\n").unwrap_err();
         assert!(matches!(e, ConfigError::Invalid { key: "classify.categories", .. }), "{e}");
         let e = parse("[classify]\nmin_confidence = 1.5\n").unwrap_err();

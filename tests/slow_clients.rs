@@ -3,6 +3,9 @@
 //! of megabytes, a message over the size limit, a policy line over 1 MiB) are connected, 4 normal clients
 //! keep being served, each message or request answered promptly; the slow client is closed once its
 //! line is not complete within `idle_timeout`, the oversized one gets its refusal and memory stays bounded.
+//! Tricklers that complete every line in time (a byte at a time, a line well within `idle_timeout`) are cut
+//! at the deadline of their transaction (LMTP `transaction_timeout`) or request (`[spf]
+//! request_timeout_secs`), and the connection slots they held serve others again.
 
 mod common;
 mod spf_support;
@@ -10,7 +13,7 @@ mod spf_support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -174,6 +177,108 @@ fn lmtp_slowloris_and_oversized_clients_do_not_starve_normal_ones() {
     assert_eq!(common::count_messages(&url), stored as i64);
 }
 
+/// LMTP tricklers: how many, and the deadline of their transactions.
+const TRICKLERS: usize = 3;
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[test]
+fn lmtp_tricklers_are_cut_at_the_transaction_deadline_and_their_slots_serve_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    // Every slot is taken by the normal clients and the tricklers; each trickler line comes within 1.1 s,
+    // well within idle_timeout, so only the transaction deadline can cut them.
+    let server = Server::launch(
+        dir.path(),
+        &url,
+        "",
+        &format!("idle_timeout = \"2s\"\ntransaction_timeout = \"3s\"\nmax_connections = {}", NORMAL + TRICKLERS),
+        "warn,rebound::serve=info",
+    );
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+
+    // Two trickle their data, a header line of 11 bytes at 100 ms a byte; one trickles NOOPs between
+    // RCPT and DATA, 6 bytes at 150 ms a byte.
+    let tricklers: Vec<(Conn, Instant, JoinHandle<()>)> = (0..TRICKLERS)
+        .map(|i| {
+            let mut conn = Conn::open(addr, Duration::from_secs(10)).unwrap();
+            let mail_sent = Instant::now();
+            let drip_thread = if i < 2 {
+                conn.stream.write_all(b"MAIL FROM:<>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n").unwrap();
+                for code in [250, 250, 354] {
+                    conn.expect(code).unwrap();
+                }
+                drip(conn.stream.try_clone().unwrap(), b"X-Drip: x\r\n", Duration::from_millis(100), stop.clone())
+            } else {
+                conn.stream.write_all(b"MAIL FROM:<>\r\nRCPT TO:<b@example.com>\r\n").unwrap();
+                for code in [250, 250] {
+                    conn.expect(code).unwrap();
+                }
+                drip(conn.stream.try_clone().unwrap(), b"NOOP\r\n", Duration::from_millis(150), stop.clone())
+            };
+            (conn, mail_sent, drip_thread)
+        })
+        .collect();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counter = opened.clone();
+    let threads = normal_clients(
+        &stop,
+        move || {
+            let conn = Conn::open(addr, Duration::from_secs(30)).unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
+            conn
+        },
+        |conn, c, n| assert_eq!(conn.deliver("", &dot_stuff(&bounce("trickle", c, n)), || {}).unwrap(), 250),
+    );
+    while opened.load(Ordering::Relaxed) < NORMAL {
+        assert!(t0.elapsed() < TRANSACTION_TIMEOUT, "the normal clients did not connect in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // All slots are held: one more client is turned away.
+    let mut probe = String::new();
+    BufReader::new(TcpStream::connect(addr).unwrap()).read_line(&mut probe).unwrap();
+    assert!(probe.starts_with("421 4.3.2"), "with every slot held: {probe:?}");
+
+    let mut cut = Vec::new();
+    for (conn, mail_sent, _) in &tricklers {
+        let (said, closed) = until_closed(&conn.stream, *mail_sent, RUN);
+        let closed = closed.expect("a trickler was not cut");
+        assert!(said.contains("421 4.4.2 Transaction time limit exceeded"), "{said:?}");
+        assert!(
+            closed >= TRANSACTION_TIMEOUT - Duration::from_millis(100) && closed < TRANSACTION_TIMEOUT + Duration::from_millis(1500),
+            "trickler cut after {closed:?}, its deadline {TRANSACTION_TIMEOUT:?}"
+        );
+        cut.push(closed);
+    }
+    // Their slots serve new clients again (a slot is freed a moment after its connection closes).
+    let mut late = None;
+    for _ in 0..50 {
+        late = Conn::open(addr, Duration::from_secs(10)).ok();
+        if late.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut late = late.expect("no slot free after the tricklers were cut");
+    assert_eq!(late.deliver("", &dot_stuff(&bounce("trickle-late", 0, 0)), || {}).unwrap(), 250);
+    std::thread::sleep(RUN.saturating_sub(t0.elapsed()));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = served("lmtp tricklers", threads);
+    for (_, _, drip_thread) in tricklers {
+        drip_thread.join().unwrap();
+    }
+    server.wait_for_log("LMTP transaction not complete within transaction_timeout");
+    eprintln!(
+        "slow_clients (lmtp tricklers): {TRICKLERS} tricklers holding {TRICKLERS} of {} slots cut after {cut:.1?} \
+         (deadline {TRANSACTION_TIMEOUT:?}) with 421 4.4.2; a client refused while they held their slots was \
+         served once they were cut",
+        NORMAL + TRICKLERS
+    );
+    // The normal clients' messages and the late one; nothing of the tricklers.
+    assert_eq!(common::count_messages(&url), acknowledged as i64 + 1);
+}
+
 /// One policy request for a real SPF check; the action line.
 fn ask(reader: &mut BufReader<TcpStream>, c: usize, n: usize) -> String {
     let req = format!(
@@ -194,11 +299,17 @@ fn policy_slowloris_and_oversized_clients_do_not_starve_normal_ones() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dns = rt.block_on(spf_support::start(&[("example.com", txt("v=spf1 ip4:192.0.2.0/24 -all"))]));
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr) = Server::with_policy_server(dir.path(), &dns.spec());
+    let request_timeout = Duration::from_secs(2);
+    let (server, addr) = Server::with_policy_server_config(dir.path(), &dns.spec(), "request_timeout_secs = 2");
     let stop = Arc::new(AtomicBool::new(false));
 
+    // Two tricklers: one never ends its first line, one sends whole lines (a line in 1.2 s) but never
+    // the empty line that ends the request. The request clock runs from the first byte.
+    let started = Instant::now();
     let slow = TcpStream::connect(addr).unwrap();
     let slow_drip = drip(slow.try_clone().unwrap(), b"request=smtpd_access_policy", Duration::from_millis(300), stop.clone());
+    let lines = TcpStream::connect(addr).unwrap();
+    let lines_drip = drip(lines.try_clone().unwrap(), b"x=y\n", Duration::from_millis(300), stop.clone());
     let mut big = TcpStream::connect(addr).unwrap();
     let big_thread = std::thread::spawn(move || {
         // A 4 MiB line: the server reads at most 1 MiB of it, then closes.
@@ -214,12 +325,28 @@ fn policy_slowloris_and_oversized_clients_do_not_starve_normal_ones() {
             assert!(action.starts_with("action=PREPEND Received-SPF: pass"), "{action:?}");
         },
     );
-    std::thread::sleep(RUN);
+    let (_, slow_closed) = until_closed(&slow, started, RUN);
+    let (_, lines_closed) = until_closed(&lines, started, RUN);
+    std::thread::sleep(RUN.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     served("policy", threads);
     let (_, big_closed) = big_thread.join().unwrap();
     assert!(big_closed.is_some(), "the oversized-line client was not disconnected");
+    for (what, closed) in [("first line", slow_closed), ("whole lines", lines_closed)] {
+        let closed = closed.unwrap_or_else(|| panic!("the trickler ({what}) was not disconnected"));
+        assert!(
+            closed >= request_timeout - Duration::from_millis(100) && closed < request_timeout + Duration::from_millis(1500),
+            "the trickler ({what}) was disconnected after {closed:?}, its request timeout {request_timeout:?}"
+        );
+    }
+    eprintln!(
+        "slow_clients (policy): tricklers disconnected after {:.1?} (first line) and {:.1?} (whole lines), \
+         request timeout {request_timeout:?}",
+        slow_closed.unwrap(),
+        lines_closed.unwrap()
+    );
     slow_drip.join().unwrap();
+    lines_drip.join().unwrap();
     drop(slow);
     drop(server);
     drop(dns);

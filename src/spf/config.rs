@@ -49,6 +49,9 @@ pub struct SpfConfig {
     pub dns: DnsSetting,
     /// Seconds to wait for one DNS answer.
     pub dns_timeout_secs: u64,
+    /// Seconds a policy request may take to arrive once its first byte came; a client slower than that
+    /// (one trickling its request) is disconnected.
+    pub request_timeout_secs: u64,
     /// Clients in these networks (CIDR) are not checked: the policy answers DUNNO.
     pub trusted_networks: Vec<String>,
     /// Networks (CIDR) whose clients (MTAs) may connect to the policy server; empty allows every one.
@@ -68,6 +71,7 @@ impl Default for SpfConfig {
             auth_serv_id: String::new(),
             dns: DnsSetting::One("system".into()),
             dns_timeout_secs: 2,
+            request_timeout_secs: super::policy::REQUEST_TIMEOUT.as_secs(),
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             allow_networks: Vec::new(),
             answer_after_store: false,
@@ -96,6 +100,9 @@ pub enum SpfConfigError {
     /// dns_timeout_secs out of range.
     #[error("[spf] dns_timeout_secs must be between 1 and 30")]
     Timeout,
+    /// request_timeout_secs out of range.
+    #[error("[spf] request_timeout_secs must be between 1 and 300")]
+    RequestTimeout,
 }
 
 impl SpfConfig {
@@ -103,6 +110,7 @@ impl SpfConfig {
     pub fn validate(&self) -> Result<(), SpfConfigError> {
         self.listen_addr()?;
         self.dns_options()?;
+        self.request_timeout()?;
         self.trusted()?;
         self.allowed()?;
         Ok(())
@@ -116,6 +124,14 @@ impl SpfConfig {
     /// The listener address.
     pub fn listen_addr(&self) -> Result<SocketAddr, SpfConfigError> {
         self.listen.parse().map_err(|_| SpfConfigError::Listen(self.listen.clone()))
+    }
+
+    /// How long one policy request may take to arrive once begun.
+    pub fn request_timeout(&self) -> Result<Duration, SpfConfigError> {
+        if !(1..=300).contains(&self.request_timeout_secs) {
+            return Err(SpfConfigError::RequestTimeout);
+        }
+        Ok(Duration::from_secs(self.request_timeout_secs))
     }
 
     /// The resolver options.
@@ -209,6 +225,9 @@ mod tests {
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<SpfConfig>("listn = \"127.0.0.1:1\"").is_err());
         let c: SpfConfig = toml::from_str("helo = \"strict\"\ndns = [\"127.0.0.1:5353\"]").unwrap();
+        assert_eq!(c.request_timeout().unwrap(), super::super::policy::REQUEST_TIMEOUT, "the default");
+        let slow: SpfConfig = toml::from_str("request_timeout_secs = 0").unwrap();
+        assert!(matches!(slow.validate(), Err(SpfConfigError::RequestTimeout)));
         assert_eq!(c.helo, PolicyMode::Strict);
         assert_eq!(c.dns_options().unwrap().servers, DnsServers::List(vec!["127.0.0.1:5353".parse().unwrap()]));
     }

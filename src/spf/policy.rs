@@ -14,8 +14,9 @@
 //!
 //! Clients in `trusted_networks` get `DUNNO` without a check. Bad input never panics and never stalls the
 //! server: a line over 1 MiB or a request over 1 MiB closes the connection, a request must arrive within
-//! [`REQUEST_TIMEOUT`] once begun, an idle connection is closed after [`IDLE_TIMEOUT`], a malformed line
-//! makes the request answer `DUNNO`.
+//! `[spf] request_timeout_secs` ([`REQUEST_TIMEOUT`] by default) once begun, so a client trickling its
+//! request holds a connection no longer than that, an idle connection is closed after [`IDLE_TIMEOUT`], a
+//! malformed line makes the request answer `DUNNO`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -37,7 +38,8 @@ pub const MAX_LINE: usize = 1024 * 1024;
 pub const MAX_ATTRIBUTES: usize = 1000;
 /// How long a connection may sit idle between requests (Postfix's smtpd_policy_service_max_idle is 300 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
-/// How long one request may take to arrive once its first byte came.
+/// How long one request may take to arrive once its first byte came, unless `[spf] request_timeout_secs`
+/// says otherwise.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; further ones wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -343,8 +345,12 @@ impl<R: Resolver + 'static> PolicyService<R> {
                     Ok((stream, peer)) => {
                         let service = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = service.connection(stream).await {
-                                tracing::debug!("spf policy: connection from {peer} closed: {e}");
+                            match service.connection(stream).await {
+                                Err(e @ ConnectionError::SlowRequest) => {
+                                    tracing::info!("spf policy: connection from {peer} closed: {e}");
+                                }
+                                Err(e) => tracing::debug!("spf policy: connection from {peer} closed: {e}"),
+                                Ok(()) => {}
                             }
                             drop(permit);
                         });
@@ -410,11 +416,14 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("line or request longer than {MAX_LINE} bytes")]
     TooLong,
-    #[error("idle or slow client (timeout)")]
-    Timeout,
+    #[error("idle for longer than the idle timeout")]
+    Idle,
+    #[error("request not complete within the request timeout")]
+    SlowRequest,
 }
 
-/// Reads one request; `None` at a clean end of the connection.
+/// Reads one request; `None` at a clean end of the connection. Waits at most `idle` for its first byte,
+/// then at most `request` from that byte to the empty line that ends it.
 async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<S>,
     idle: Duration,
@@ -423,22 +432,21 @@ async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     let mut req = PolicyRequest::default();
     let mut total = 0usize;
     let mut line = Vec::with_capacity(128);
-    let mut started: Option<tokio::time::Instant> = None;
+    let first = tokio::time::timeout(idle, reader.fill_buf()).await.map_err(|_| ConnectionError::Idle)??;
+    if first.is_empty() {
+        return Ok(None); // a clean end between requests
+    }
+    let deadline = tokio::time::Instant::now() + request;
     loop {
         line.clear();
-        let deadline = match started {
-            None => tokio::time::Instant::now() + idle,
-            Some(t) => t + request,
-        };
         let limit = (MAX_LINE + 1 - total) as u64;
         let n = tokio::time::timeout_at(deadline, (&mut *reader).take(limit).read_until(b'\n', &mut line))
             .await
-            .map_err(|_| ConnectionError::Timeout)??;
+            .map_err(|_| ConnectionError::SlowRequest)??;
         if n == 0 {
-            // End of stream: clean between requests, truncated inside one.
+            // End of stream inside a request: it is dropped.
             return Ok(None);
         }
-        started.get_or_insert_with(tokio::time::Instant::now);
         total += n;
         if line.last() != Some(&b'\n') {
             // Either the limit cut the line, or the stream ended inside a request.
@@ -478,5 +486,31 @@ mod tests {
 
         let req = PolicyRequest::from_lines(["request=smtpd_access_policy", "garbage"]);
         assert_eq!(req.malformed.as_deref(), Some("garbage"));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_request_is_cut_at_the_request_timeout_counted_from_its_first_byte() {
+        // The first line itself is dripped: the clock runs from its first byte, not from its end.
+        let (mut client, server) = tokio::io::duplex(64);
+        let trickle = tokio::spawn(async move {
+            for b in b"request=smtpd_access_policy\nsender=a@example.com\n".iter().cycle() {
+                if client.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut r = BufReader::new(server);
+        let started = tokio::time::Instant::now();
+        let read = read_request(&mut r, Duration::from_secs(60), Duration::from_millis(200)).await;
+        assert!(matches!(read, Err(ConnectionError::SlowRequest)), "{read:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        drop(r);
+        trickle.await.unwrap();
+
+        let (_client, server) = tokio::io::duplex(64);
+        let mut r = BufReader::new(server);
+        let read = read_request(&mut r, Duration::from_millis(100), Duration::from_secs(60)).await;
+        assert!(matches!(read, Err(ConnectionError::Idle)), "{read:?}");
     }
 }

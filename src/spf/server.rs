@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{SpfConfig, SpfConfigError};
 use super::dns::{DnsConfigError, DnsResolver};
-use super::policy::{PolicyService, PolicySettings};
+use super::policy::{IDLE_TIMEOUT, PolicyService, PolicySettings};
 use super::Verifier;
 use crate::report::config::{ReportConfigError, ReportSpfConfig, SmtpConfig};
 use crate::report::dkim::{DkimError, DkimKey, DkimKeyConfig};
@@ -112,7 +112,8 @@ pub async fn start(sections: SpfSections<'_>, store: Store, shutdown: watch::Rec
     let service = Arc::new(
         PolicyService::new(Verifier::new(resolver, spf.auth_serv_id()), settings, Some(events))
             .with_allowed(allow)
-            .with_answer_after_store(spf.answer_after_store),
+            .with_answer_after_store(spf.answer_after_store)
+            .with_timeouts(IDLE_TIMEOUT, spf.request_timeout()?),
     );
     let mut tasks = vec![
         tokio::spawn(run_writer(store.clone(), rx, reporter.clone())),

@@ -60,9 +60,14 @@ impl Server {
     /// DNS server `dns` (`HOST:PORT`), every client checked (no trusted networks); returns it and the
     /// policy server's address.
     pub fn with_policy_server(dir: &Path, dns: &str) -> (Server, SocketAddr) {
+        Server::with_policy_server_config(dir, dns, "")
+    }
+
+    /// Like [`Server::with_policy_server`], with extra TOML lines for `[spf]`.
+    pub fn with_policy_server_config(dir: &Path, dns: &str, spf_extra: &str) -> (Server, SocketAddr) {
         let config = format!(
             "[database]\nurl = \"{}\"\n[ingest.lmtp]\nlisten = \"127.0.0.1:0\"\n\
-             [spf]\nlisten = \"127.0.0.1:0\"\ndns = [\"{dns}\"]\ntrusted_networks = []\n",
+             [spf]\nlisten = \"127.0.0.1:0\"\ndns = [\"{dns}\"]\ntrusted_networks = []\n{spf_extra}\n",
             sqlite_url(dir)
         );
         let server = Server::with_config(dir, &config, "warn,rebound::serve=info,rebound::spf::server=info");

@@ -5,12 +5,18 @@
 //! after the message is committed, 451 4.3.0 if anything failed before, 552 5.3.4 when it is over the size
 //! limit. The message is stored once with all its envelope recipients, so every reply carries the same
 //! verdict.
+//!
+//! Two clocks bound a client: every command line and every data line must be complete within
+//! `idle_timeout`, and a whole transaction, from MAIL to the final `.` of its data, within
+//! `transaction_timeout`, so a client that trickles its message a line at a time cannot hold a connection
+//! slot for longer than that. Either ends the session with `421 4.4.2`; the message is not acknowledged.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::LmtpConfig;
 use crate::ingest::writer::Writer;
@@ -150,6 +156,36 @@ fn path_after<'a>(rest: &'a str, keyword: &str) -> Option<(String, &'a str)> {
     Some((path.to_string(), params))
 }
 
+/// Why the session stopped waiting for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A command or data line was not complete within `idle_timeout`.
+    Idle,
+    /// The transaction (MAIL to the end of its data) was not complete within `transaction_timeout`.
+    Transaction,
+}
+
+impl Expired {
+    /// The reply that closes the session.
+    pub fn reply(self) -> &'static str {
+        match self {
+            Expired::Idle => "421 4.4.2 Idle timeout, closing connection",
+            Expired::Transaction => "421 4.4.2 Transaction time limit exceeded, closing connection",
+        }
+    }
+}
+
+/// Runs `f` for at most `idle`, and not past `deadline` when there is one; which of the two expired
+/// otherwise.
+async fn within<T>(idle: Duration, deadline: Option<Instant>, f: impl Future<Output = T>) -> Result<T, Expired> {
+    let idle_end = Instant::now() + idle;
+    let (end, expired) = match deadline {
+        Some(d) if d < idle_end => (d, Expired::Transaction),
+        _ => (idle_end, Expired::Idle),
+    };
+    tokio::time::timeout_at(end, f).await.map_err(|_| expired)
+}
+
 /// What came after DATA.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Data {
@@ -159,18 +195,29 @@ pub enum Data {
     TooLarge(u64),
     /// The connection ended before the final `.` line.
     Eof,
+    /// A line did not come within `idle`, or the data was not complete by the deadline.
+    Expired(Expired),
 }
 
 /// Read message data up to the `.` line (RFC 5321 §4.5.2: a leading dot is removed from every other line).
-/// A bare-LF `.` line is accepted as the end too. Each read waits at most `idle`.
-pub async fn read_data<R: AsyncBufRead + Unpin>(reader: &mut R, limit: usize, idle: Duration) -> std::io::Result<Data> {
+/// A bare-LF `.` line is accepted as the end too. Each line must come within `idle`, and the whole data
+/// before `deadline` (the end of the transaction's time) when there is one.
+pub async fn read_data<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+    idle: Duration,
+    deadline: Option<Instant>,
+) -> std::io::Result<Data> {
     let mut data = Vec::new();
     let mut size: u64 = 0;
     let mut segment = Vec::with_capacity(1024);
     let mut at_line_start = true;
     loop {
         segment.clear();
-        let n = with_timeout(idle, read_segment(reader, &mut segment, DATA_SEGMENT)).await?;
+        let n = match within(idle, deadline, read_segment(reader, &mut segment, DATA_SEGMENT)).await {
+            Ok(n) => n?,
+            Err(expired) => return Ok(Data::Expired(expired)),
+        };
         if n == 0 {
             return Ok(Data::Eof);
         }
@@ -204,12 +251,6 @@ async fn read_segment<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>
             return Ok(total);
         }
     }
-}
-
-async fn with_timeout<T>(idle: Duration, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
-    tokio::time::timeout(idle, f)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")))
 }
 
 /// A command line as read.
@@ -255,8 +296,10 @@ where
         reader: BufReader::with_capacity(DATA_SEGMENT, r),
         out: BufWriter::new(w),
         shutdown,
+        peer,
         greeted: false,
         from: None,
+        deadline: None,
         recipients: Vec::new(),
         errors: 0,
     };
@@ -273,9 +316,12 @@ struct Session<'a, R, W> {
     reader: BufReader<R>,
     out: BufWriter<W>,
     shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
     greeted: bool,
     /// The reverse path of the transaction in progress (empty for the null sender).
     from: Option<String>,
+    /// When the transaction in progress must be complete (its data read): MAIL + `transaction_timeout`.
+    deadline: Option<Instant>,
     recipients: Vec<String>,
     errors: u32,
 }
@@ -293,6 +339,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
         self.out.shutdown().await
     }
 
+    /// Close the connection of a client too slow for `expired`'s clock; a transaction cut short is logged
+    /// (its message was not acknowledged, an MTA sends it again).
+    async fn expire(&mut self, expired: Expired) -> std::io::Result<()> {
+        if expired == Expired::Transaction {
+            tracing::warn!(peer = %self.peer, limit = ?self.context.config.transaction_timeout,
+                           "LMTP transaction not complete within transaction_timeout; closing the connection");
+        }
+        self.close(expired.reply()).await
+    }
+
     async fn converse(&mut self) -> std::io::Result<()> {
         let idle = self.context.config.idle_timeout;
         self.reply(&format!("220 {} rebound LMTP ready", self.context.hostname)).await?;
@@ -305,13 +361,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
             let read = tokio::select! {
                 biased;
                 _ = self.shutdown.wait_for(|stop| *stop) => None,
-                read = tokio::time::timeout(idle, read_command(&mut self.reader, &mut line)) => Some(read),
+                read = within(idle, self.deadline, read_command(&mut self.reader, &mut line)) => Some(read),
             };
             let Some(read) = read else {
                 return self.close("421 4.3.2 Service shutting down, try again later").await;
             };
             let command = match read {
-                Err(_) => return self.close("421 4.4.2 Idle timeout, closing connection").await,
+                Err(expired) => return self.expire(expired).await,
                 Ok(read) => match read? {
                     Line::Eof => return Ok(()),
                     Line::TooLong => Err(Refusal("500 5.5.2 Line too long")),
@@ -356,6 +412,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                         self.reply(&text).await?;
                     } else {
                         self.from = Some(from);
+                        self.deadline = Some(Instant::now() + self.context.config.transaction_timeout);
                         self.reply("250 2.1.0 Sender ok").await?;
                     }
                 }
@@ -381,14 +438,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
                         self.reply("354 Start mail input; end with <CRLF>.<CRLF>").await?;
                         self.out.flush().await?;
                         let limit = self.context.config.max_message_size;
-                        let data = match read_data(&mut self.reader, limit, idle).await {
-                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                                return self.close("421 4.4.2 Idle timeout, closing connection").await;
-                            }
-                            other => other?,
-                        };
-                        match data {
+                        match read_data(&mut self.reader, limit, idle, self.deadline).await? {
                             Data::Eof => return Ok(()),
+                            Data::Expired(expired) => return self.expire(expired).await,
                             Data::TooLarge(size) => {
                                 tracing::warn!(size, limit, "LMTP message over the size limit refused");
                                 let text = format!("552 5.3.4 Message too big for system (limit {limit} bytes)");
@@ -426,6 +478,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'_, R, W> {
 
     fn reset(&mut self) {
         self.from = None;
+        self.deadline = None;
         self.recipients.clear();
     }
 
@@ -507,7 +560,7 @@ mod tests {
     #[tokio::test]
     async fn data_is_dot_unstuffed_up_to_the_dot_line() {
         let mut input: &[u8] = b"Subject: x\r\n\r\n..leading dot\r\n.\r\nNOOP\r\n";
-        let data = read_data(&mut input, 1000, Duration::from_secs(1)).await.unwrap();
+        let data = read_data(&mut input, 1000, Duration::from_secs(1), None).await.unwrap();
         assert_eq!(data, Data::Complete(b"Subject: x\r\n\r\n.leading dot\r\n".to_vec()));
         assert_eq!(input, b"NOOP\r\n");
     }
@@ -515,7 +568,7 @@ mod tests {
     #[tokio::test]
     async fn empty_data_and_bare_lf_end() {
         let mut input: &[u8] = b".\n";
-        assert_eq!(read_data(&mut input, 1000, Duration::from_secs(1)).await.unwrap(), Data::Complete(Vec::new()));
+        assert_eq!(read_data(&mut input, 1000, Duration::from_secs(1), None).await.unwrap(), Data::Complete(Vec::new()));
     }
 
     #[tokio::test]
@@ -527,7 +580,7 @@ mod tests {
         }
         text.extend_from_slice(b".\r\nQUIT\r\n");
         let mut input: &[u8] = &text;
-        let data = read_data(&mut input, 1024, Duration::from_secs(1)).await.unwrap();
+        let data = read_data(&mut input, 1024, Duration::from_secs(1), None).await.unwrap();
         assert!(matches!(data, Data::TooLarge(n) if n > 10_000), "{data:?}");
         assert_eq!(input, b"QUIT\r\n");
     }
@@ -535,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn data_cut_off_is_eof() {
         let mut input: &[u8] = b"Subject: x\r\n\r\nno end";
-        assert_eq!(read_data(&mut input, 1000, Duration::from_secs(1)).await.unwrap(), Data::Eof);
+        assert_eq!(read_data(&mut input, 1000, Duration::from_secs(1), None).await.unwrap(), Data::Eof);
     }
 
     #[tokio::test]
@@ -543,8 +596,33 @@ mod tests {
         let mut text = vec![b'y'; DATA_SEGMENT * 2 + 5];
         text.extend_from_slice(b"\r\n.\r\n");
         let mut input: &[u8] = &text;
-        let data = read_data(&mut input, DATA_SEGMENT * 4, Duration::from_secs(1)).await.unwrap();
+        let data = read_data(&mut input, DATA_SEGMENT * 4, Duration::from_secs(1), None).await.unwrap();
         assert!(matches!(&data, Data::Complete(d) if d.len() == DATA_SEGMENT * 2 + 7));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_message_expires_at_the_deadline_and_a_silent_one_at_idle() {
+        // Lines that each come well within `idle`, but not the whole message by the deadline.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let trickle = tokio::spawn(async move {
+            while client.write_all(b"X-Drip: x\r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut reader = BufReader::new(server);
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(300));
+        let data = read_data(&mut reader, 1 << 20, Duration::from_secs(5), deadline).await.unwrap();
+        assert_eq!(data, Data::Expired(Expired::Transaction));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        drop(reader);
+        trickle.await.unwrap();
+
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut reader = BufReader::new(server);
+        let far = Some(Instant::now() + Duration::from_secs(60));
+        let data = read_data(&mut reader, 1000, Duration::from_millis(100), far).await.unwrap();
+        assert_eq!(data, Data::Expired(Expired::Idle));
     }
 
     #[tokio::test]
