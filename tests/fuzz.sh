@@ -7,7 +7,8 @@
 #   REBOUND_FUZZ_PROFILE  dev (default) or release. dev is an instrumented debug build: on 2 cores it
 #                         builds several times faster than release (cargo-fuzz builds release with one
 #                         codegen unit) and runs fewer executions per second; docs/guarantees.md §6 has
-#                         the figures. Use release for long runs by hand.
+#                         the figures. Use release for long runs by hand. One input may run 30 s (dev)
+#                         or 10 s (release) before libFuzzer reports it as a timeout.
 #   CARGO_TARGET_DIR      where to build (default fuzz/target). Nothing is shared with `cargo test`'s
 #                         target/: every crate is built with the fuzzer's flags, host-side ones included.
 #
@@ -24,8 +25,8 @@ seconds=${1:-60}
 targets=${*:-parse_message policy_request config_toml}
 root=$(cd "$(dirname "$0")/.." && pwd)
 case ${REBOUND_FUZZ_PROFILE:-dev} in
-    dev) profile=--dev ;;
-    release) profile=--release ;;
+    dev) profile=--dev; per_input=30 ;;
+    release) profile=--release; per_input=10 ;;
     *) echo "REBOUND_FUZZ_PROFILE must be dev or release" >&2; exit 2 ;;
 esac
 target_dir=${CARGO_TARGET_DIR:-$root/fuzz/target}
@@ -55,7 +56,7 @@ for target in $targets; do
     before=$(ls "artifacts/$target" 2>/dev/null | wc -l)
     # shellcheck disable=SC2086 # $existing is a list of directories
     if cargo fuzz run -s none "$profile" --target-dir "$target_dir" "$target" "corpus/$target" $existing -- \
-        -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1; then
+        -max_total_time="$seconds" -print_final_stats=1 -timeout="$per_input" -rss_limit_mb=2048 >"$log" 2>&1; then
         result=ok
     else
         result=CRASH
