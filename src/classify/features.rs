@@ -369,18 +369,6 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     parts.iter().fold(FNV_OFFSET, |h, p| fnv_part(h, p))
 }
 
-/// UTF-8 bytes of a few characters, on the stack.
-fn gram_bytes(chars: &[char], buf: &mut [u8; 32]) -> usize {
-    let mut len = 0;
-    for &c in chars {
-        if len + c.len_utf8() > buf.len() {
-            break;
-        }
-        len += c.encode_utf8(&mut buf[len..]).len();
-    }
-    len
-}
-
 /// One feature of a text: its row in the text embedding table and what it is (for `--explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feature {
@@ -417,9 +405,26 @@ impl Layout {
     /// Features of a tokenised text: `tokens` are the words, `ids` their vocabulary ids (`unk` for unknown
     /// words). With `names`, each feature carries its readable name (slower; for explain).
     pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool, out: &mut Vec<Feature>) {
-        let mut buf = [0u8; 32];
-        let mut chars: Vec<char> = Vec::with_capacity(32);
-        let mut next_chars: Vec<char> = Vec::with_capacity(32);
+        // The hash of each feature's kind prefix, computed once (`fnv1a` hashes the parts in turn).
+        let bigram_prefix = fnv_part(FNV_OFFSET, b"b");
+        let gram_prefix = fnv_part(FNV_OFFSET, b"c");
+        let gram = |g: &str, out: &mut Vec<Feature>| {
+            let row = self.row_of(fnv_part(gram_prefix, g.as_bytes()));
+            let name = if names { format!("c:{g}") } else { String::new() };
+            out.push(Feature { row, name });
+        };
+        // `<word>` and the byte offset of each of its characters (then its length): a gram of n characters
+        // from character k is `marked[bounds[k]..bounds[k + n]]`, hashed without re-encoding.
+        let mut marked = String::new();
+        let mut bounds: Vec<usize> = Vec::new();
+        let mut junction = String::new();
+        let mut junction_bounds: Vec<usize> = Vec::new();
+        let char_bounds = |s: &str, bounds: &mut Vec<usize>| {
+            bounds.clear();
+            bounds.extend(s.char_indices().map(|(b, _)| b));
+            bounds.push(s.len());
+        };
+        let alphabetic = |w: &str| w.chars().all(char::is_alphabetic);
         for (i, word) in tokens.iter().enumerate() {
             let id = ids.get(i).copied().unwrap_or(unk);
             if id != unk && id < self.vocab {
@@ -428,42 +433,40 @@ impl Layout {
             }
             let next = tokens.get(i + 1);
             if let Some(next) = next {
-                let row = self.row_of(fnv1a(&[b"b", word.as_bytes(), next.as_bytes()]));
+                let row = self.row_of(fnv_part(fnv_part(bigram_prefix, word.as_bytes()), next.as_bytes()));
                 let name = if names { format!("b:{word} {next}") } else { String::new() };
                 out.push(Feature { row, name });
             }
-            if !word.chars().all(char::is_alphabetic) {
+            if !alphabetic(word) {
                 continue;
             }
-            chars.clear();
-            chars.push('<');
-            chars.extend(word.chars());
-            chars.push('>');
-            let mut gram = |g: &[char], out: &mut Vec<Feature>| {
-                let len = gram_bytes(g, &mut buf);
-                let row = self.row_of(fnv1a(&[b"c", &buf[..len]]));
-                let name = if names { format!("c:{}", g.iter().collect::<String>()) } else { String::new() };
-                out.push(Feature { row, name });
-            };
+            marked.clear();
+            marked.push('<');
+            marked.push_str(word);
+            marked.push('>');
+            char_bounds(&marked, &mut bounds);
+            let chars = bounds.len() - 1;
             for n in 3..=5 {
-                if chars.len() < n {
+                if chars < n {
                     break;
                 }
-                for g in chars.windows(n) {
-                    gram(g, out);
+                for k in 0..=chars - n {
+                    gram(&marked[bounds[k]..bounds[k + n]], out);
                 }
             }
-            if let Some(next) = next.filter(|w| w.chars().all(char::is_alphabetic)) {
-                // the 4-grams that span the junction of two words (the others are in-word grams already)
-                let left = &chars[1..chars.len() - 1];
-                let tail = &left[left.len().saturating_sub(3)..];
-                next_chars.clear();
-                next_chars.extend(tail.iter().copied());
-                let tail_len = next_chars.len();
-                next_chars.extend(next.chars().take(3));
-                for (k, g) in next_chars.windows(4).enumerate() {
+            if let Some(next) = next.filter(|w| alphabetic(w)) {
+                // the 4-grams that span the junction of two words (the others are in-word grams already):
+                // the word's last (up to) 3 characters, then the next word's first 3
+                let word_chars = chars - 2;
+                let tail_len = word_chars.min(3);
+                junction.clear();
+                junction.push_str(&marked[bounds[1 + word_chars - tail_len]..bounds[1 + word_chars]]);
+                junction.extend(next.chars().take(3));
+                char_bounds(&junction, &mut junction_bounds);
+                let junction_chars = junction_bounds.len() - 1;
+                for k in 0..(junction_chars + 1).saturating_sub(4) {
                     if k < tail_len && k + 4 > tail_len {
-                        gram(g, out);
+                        gram(&junction[junction_bounds[k]..junction_bounds[k + 4]], out);
                     }
                 }
             }
@@ -617,6 +620,91 @@ mod tests {
         }
         assert_same_as_reference(&"ab1.cd ".repeat(600));
         assert_same_as_reference(&"é".repeat(3000));
+    }
+
+    /// `Layout::text_features` as first written (every n-gram encoded to bytes, every hash from the start).
+    fn reference_text_features(layout: &Layout, tokens: &[String], ids: &[u32], unk: u32, out: &mut Vec<Feature>) {
+        let gram_bytes = |chars: &[char], buf: &mut [u8; 32]| {
+            let mut len = 0;
+            for &c in chars {
+                if len + c.len_utf8() > buf.len() {
+                    break;
+                }
+                len += c.encode_utf8(&mut buf[len..]).len();
+            }
+            len
+        };
+        let mut buf = [0u8; 32];
+        let mut chars: Vec<char> = Vec::new();
+        let mut next_chars: Vec<char> = Vec::new();
+        for (i, word) in tokens.iter().enumerate() {
+            let id = ids.get(i).copied().unwrap_or(unk);
+            if id != unk && id < layout.vocab {
+                out.push(Feature { row: id, name: format!("w:{word}") });
+            }
+            let next = tokens.get(i + 1);
+            if let Some(next) = next {
+                let row = layout.row_of(fnv1a(&[b"b", word.as_bytes(), next.as_bytes()]));
+                out.push(Feature { row, name: format!("b:{word} {next}") });
+            }
+            if !word.chars().all(char::is_alphabetic) {
+                continue;
+            }
+            chars.clear();
+            chars.push('<');
+            chars.extend(word.chars());
+            chars.push('>');
+            let mut gram = |g: &[char], out: &mut Vec<Feature>| {
+                let len = gram_bytes(g, &mut buf);
+                let row = layout.row_of(fnv1a(&[b"c", &buf[..len]]));
+                out.push(Feature { row, name: format!("c:{}", g.iter().collect::<String>()) });
+            };
+            for n in 3..=5 {
+                if chars.len() < n {
+                    break;
+                }
+                for g in chars.windows(n) {
+                    gram(g, out);
+                }
+            }
+            if let Some(next) = next.filter(|w| w.chars().all(char::is_alphabetic)) {
+                let left = &chars[1..chars.len() - 1];
+                let tail = &left[left.len().saturating_sub(3)..];
+                next_chars.clear();
+                next_chars.extend(tail.iter().copied());
+                let tail_len = next_chars.len();
+                next_chars.extend(next.chars().take(3));
+                for (k, g) in next_chars.windows(4).enumerate() {
+                    if k < tail_len && k + 4 > tail_len {
+                        gram(g, out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_features_equal_the_first_version_with_names_and_without() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const WORDS: &[&str] = &["mailbox", "full", "a", "of", "é", "ünknown", "名前", "x1", "550", ":", "", "ab",
+            "abc", "st5_1_1", "ﬁle", "ǅx", "quota", "exceeded", "user", "😀", "ßü"];
+        let mut rng = StdRng::seed_from_u64(6);
+        for layout in [Layout { vocab: 10, buckets: 1 << 15, signal_buckets: 8 }, Layout { vocab: 3, buckets: 1000, signal_buckets: 8 }] {
+            for _ in 0..2000 {
+                let n = rng.gen_range(0..8);
+                let tokens: Vec<String> = (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())].to_string()).collect();
+                let ids: Vec<u32> = tokens.iter().map(|_| rng.gen_range(0..12)).collect();
+                let mut want = Vec::new();
+                reference_text_features(&layout, &tokens, &ids, 0, &mut want);
+                let mut named = Vec::new();
+                layout.text_features(&tokens, &ids, 0, true, &mut named);
+                assert_eq!(named, want, "{tokens:?}");
+                let mut rows = Vec::new();
+                layout.text_features(&tokens, &ids, 0, false, &mut rows);
+                assert_eq!(rows.iter().map(|f| f.row).collect::<Vec<_>>(), want.iter().map(|f| f.row).collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]
