@@ -313,6 +313,31 @@ fn classify_table_and_missing_file() {
 }
 
 #[test]
+fn classify_on_several_threads_prints_what_one_thread_prints_in_the_same_order() {
+    let ingest = fixtures();
+    let messages = ingest.parent().unwrap().join("messages");
+    let missing = ingest.join("missing.eml");
+    let paths = [messages.as_path(), missing.as_path(), ingest.as_path()].map(|p| p.to_str().unwrap());
+    for format in ["jsonl", "table"] {
+        let run = |jobs: &str| {
+            let mut args = vec!["classify", "--format", format, "--jobs", jobs];
+            args.extend(paths);
+            rebound(&args)
+        };
+        let one = run("1");
+        assert_eq!(code(&one), 65, "a missing file is bad input: {}", stderr(&one));
+        assert!(stdout(&one).lines().count() > 20, "{}", stdout(&one));
+        for jobs in ["2", "5"] {
+            let many = run(jobs);
+            assert_eq!(code(&many), 65, "{format} --jobs {jobs}: {}", stderr(&many));
+            assert_eq!(stdout(&many), stdout(&one), "{format} --jobs {jobs}");
+            assert_eq!(stderr(&many), stderr(&one), "{format} --jobs {jobs}");
+        }
+    }
+    assert_eq!(code(&rebound(&["classify", "--jobs", "0", paths[0]])), 64, "--jobs 0 is a usage error");
+}
+
+#[test]
 fn postgres_ingest_and_migrate() {
     let Some(schema) = common::postgres_schema("cli_pg") else { return };
     let url = schema.url.clone();

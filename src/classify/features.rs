@@ -16,9 +16,10 @@
 //! 3- to 5-grams of every word (so "mail box", "mailbox" and "mial box" share most features) and the 4-grams
 //! that span two adjacent words.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use regex::{Captures, Regex};
+use regex::Regex;
 
 use super::status;
 use crate::parse::{Kind, Recipient};
@@ -136,58 +137,174 @@ fn masks() -> &'static Masks {
 /// Normalise a diagnostic text: cut, clean, mask (see the module documentation). Lowercasing and Unicode
 /// normalisation are the tokenizer's job, so this keeps case.
 pub fn normalise(text: &str) -> String {
-    let cut: String = text
-        .chars()
-        .take(MAX_TEXT_CHARS)
-        .map(|c| if c.is_control() || c == '\u{FFFD}' { ' ' } else { c })
-        .collect();
     let m = masks();
-    // Each pass runs only when its trigger character is there (most diagnostics have no URL, no IPv6).
-    let mut s = cut;
+    // Each pass runs only when its trigger character is there (most diagnostics have no URL, no IPv6), and a
+    // pass that replaces nothing leaves the text as it is (no copy).
+    let mut s = cut_and_clean(text);
     if s.contains("://") {
-        s = m.url.replace_all(&s, " urlx ").into_owned();
+        replace(&mut s, |t| m.url.replace_all(t, " urlx "));
     }
     if s.contains('@') {
-        s = m.email.replace_all(&s, " emailx ").into_owned();
+        replace(&mut s, |t| m.email.replace_all(t, " emailx "));
     }
     let has_digit = s.bytes().any(|b| b.is_ascii_digit());
     if has_digit && s.contains('.') {
-        s = m.ipv4.replace_all(&s, " ipx ").into_owned();
-        s = m.enhanced.replace_all(&s, " st${1}_${2}_${3} ").into_owned();
+        replace(&mut s, |t| m.ipv4.replace_all(t, " ipx "));
+        // ` st${1}_${2}_${3} `: the three groups are the match's dot-separated parts (digits have no dot).
+        replace(&mut s, |t| {
+            replace_matches(t, m.enhanced.find_iter(t), |code, out| {
+                out.push_str(" st");
+                for (i, part) in code.split('.').enumerate() {
+                    if i > 0 {
+                        out.push('_');
+                    }
+                    out.push_str(part);
+                }
+                out.push(' ');
+            })
+        });
     }
     if s.contains("::") || s.bytes().filter(|&b| b == b':').count() >= 3 {
-        s = m.ipv6.replace_all(&s, " ipx ").into_owned();
+        replace(&mut s, |t| m.ipv6.replace_all(t, " ipx "));
     }
     if s.contains('.') {
-        s = m
-            .dotted
-            .replace_all(&s, |c: &Captures| {
-                let whole = &c[0];
+        replace(&mut s, |t| {
+            replace_matches(t, m.dotted.find_iter(t), |whole, out| {
                 let last = whole.rsplit('.').next().unwrap_or("");
                 let tld_like = (2..=6).contains(&last.len()) && last.chars().all(|ch| ch.is_ascii_alphabetic());
-                if tld_like { " hostx ".to_string() } else { whole.to_string() }
+                out.push_str(if tld_like { " hostx " } else { whole });
             })
-            .into_owned();
+        });
     }
     if has_digit {
-        s = m.alnum.replace_all(&s, |c: &Captures| mask_word(&c[0])).into_owned();
+        replace(&mut s, mask_words);
     }
     s
+}
+
+/// The first [`MAX_TEXT_CHARS`] characters of `text`, control characters and U+FFFD turned into spaces.
+fn cut_and_clean(text: &str) -> String {
+    if text.is_ascii() {
+        // One byte a character; the ASCII control characters are C0 and DEL.
+        let cut = &text.as_bytes()[..text.len().min(MAX_TEXT_CHARS)];
+        return cut.iter().map(|&b| if b < 0x20 || b == 0x7f { ' ' } else { char::from(b) }).collect();
+    }
+    text.chars().take(MAX_TEXT_CHARS).map(|c| if c.is_control() || c == '\u{FFFD}' { ' ' } else { c }).collect()
+}
+
+/// Apply one masking pass to `s`, keeping `s` (no copy) when the pass replaced nothing.
+fn replace(s: &mut String, pass: impl for<'t> FnOnce(&'t str) -> Cow<'t, str>) {
+    if let Cow::Owned(replaced) = pass(s) {
+        *s = replaced;
+    }
+}
+
+/// `Regex::replace_all` with a replacement computed from each match's text: the same matches and output,
+/// without the capture-group search that `replace_all` makes for a closure.
+fn replace_matches<'t>(
+    text: &'t str,
+    matches: impl Iterator<Item = regex::Match<'t>>,
+    mut replacement: impl FnMut(&'t str, &mut String),
+) -> Cow<'t, str> {
+    let mut out = String::new();
+    let mut last = 0;
+    let mut any = false;
+    for m in matches {
+        if !any {
+            out.reserve(text.len() + 16);
+            any = true;
+        }
+        out.push_str(&text[last..m.start()]);
+        replacement(m.as_str(), &mut out);
+        last = m.end();
+    }
+    if !any {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
+}
+
+/// The `alnum` pass: every word (`\b[\p{L}\p{N}_]+\b`) through [`mask_word`]. On ASCII text a word is a
+/// maximal run of `[A-Za-z0-9_]` (Unicode `\b` and the class agree there), found without the regex.
+fn mask_words(text: &str) -> Cow<'_, str> {
+    if !text.is_ascii() {
+        return replace_matches(text, masks().alnum.find_iter(text), |w, out| out.push_str(mask_word(w)));
+    }
+    let b = text.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = String::new();
+    let mut last = 0;
+    let mut any = false;
+    let mut i = 0;
+    while i < b.len() {
+        if !is_word(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && is_word(b[i]) {
+            i += 1;
+        }
+        let word = &text[start..i];
+        let masked = mask_word(word);
+        if masked != word {
+            if !any {
+                out.reserve(text.len());
+                any = true;
+            }
+            out.push_str(&text[last..start]);
+            out.push_str(masked);
+            last = i;
+        }
+    }
+    if !any {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
 }
 
 /// NFKC, lowercase, and split into runs of word characters (letters, digits, `_`) and runs of other
 /// non-space characters: the normalizer and pre-tokenizer that `models/tokenizer.json` declares.
 pub fn words(normalised: &str) -> Vec<String> {
-    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
     let mut out = Vec::new();
+    if normalised.is_ascii() {
+        // ASCII is its own NFKC, and its lowercase is ASCII lowercase: the same split, byte by byte.
+        let b = normalised.as_bytes();
+        let mut start = 0;
+        let mut cur_word = false;
+        let mut push = |from: usize, to: usize| {
+            if from < to {
+                out.push(normalised[from..to].to_ascii_lowercase());
+            }
+        };
+        for (i, &c) in b.iter().enumerate() {
+            // char::is_whitespace on ASCII: TAB, LF, VT, FF, CR and space.
+            if matches!(c, b'\t'..=b'\r' | b' ') {
+                push(start, i);
+                start = i + 1;
+                continue;
+            }
+            let is_word = c.is_ascii_alphanumeric() || c == b'_';
+            if start < i && is_word != cur_word {
+                push(start, i);
+                start = i;
+            }
+            cur_word = is_word;
+        }
+        push(start, b.len());
+        return out;
+    }
     let mut cur = String::new();
     let mut cur_word = false;
-    for c in normalised.nfkc().flat_map(char::to_lowercase) {
+    let mut split = |c: char| {
         if c.is_whitespace() {
             if !cur.is_empty() {
                 out.push(std::mem::take(&mut cur));
             }
-            continue;
+            return;
         }
         let is_word = c.is_alphanumeric() || c == '_';
         if !cur.is_empty() && is_word != cur_word {
@@ -195,6 +312,12 @@ pub fn words(normalised: &str) -> Vec<String> {
         }
         cur_word = is_word;
         cur.push(c);
+    };
+    // A text the quick check finds in NFKC already is left as it is (what `nfkc()` would give).
+    if is_nfkc_quick(normalised.chars()) == IsNormalized::Yes {
+        normalised.chars().flat_map(char::to_lowercase).for_each(&mut split);
+    } else {
+        normalised.nfkc().flat_map(char::to_lowercase).for_each(&mut split);
     }
     if !cur.is_empty() {
         out.push(cur);
@@ -203,17 +326,17 @@ pub fn words(normalised: &str) -> Vec<String> {
 }
 
 /// Mask one word: numbers other than reply codes, and IDs (letters mixed with digits, 6+ characters).
-fn mask_word(word: &str) -> String {
+fn mask_word(word: &str) -> &str {
     let digits = word.chars().filter(char::is_ascii_digit).count();
     if digits == 0 || word.starts_with("st") && word.contains('_') {
-        return word.to_string();
+        return word;
     }
     let len = word.chars().count();
     if digits == len {
         let is_reply = len == 3 && matches!(word.as_bytes()[0], b'2' | b'4' | b'5');
-        return if is_reply { word.to_string() } else { "num".to_string() };
+        return if is_reply { word } else { "num" };
     }
-    if len >= 6 { "idx".to_string() } else { word.to_string() }
+    if len >= 6 { "idx" } else { word }
 }
 
 /// Strip RFC 3463 enhanced status codes and bare reply codes from a text (for the robustness evaluation and
@@ -246,18 +369,6 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     parts.iter().fold(FNV_OFFSET, |h, p| fnv_part(h, p))
 }
 
-/// UTF-8 bytes of a few characters, on the stack.
-fn gram_bytes(chars: &[char], buf: &mut [u8; 32]) -> usize {
-    let mut len = 0;
-    for &c in chars {
-        if len + c.len_utf8() > buf.len() {
-            break;
-        }
-        len += c.encode_utf8(&mut buf[len..]).len();
-    }
-    len
-}
-
 /// One feature of a text: its row in the text embedding table and what it is (for `--explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feature {
@@ -280,7 +391,10 @@ pub struct Layout {
 
 impl Layout {
     fn row_of(&self, hash: u64) -> u32 {
-        self.vocab + (hash % u64::from(self.buckets)) as u32
+        let buckets = u64::from(self.buckets);
+        // A power-of-two bucket count (the usual one) takes the remainder with a mask instead of a division.
+        let bucket = if buckets.is_power_of_two() { hash & (buckets - 1) } else { hash % buckets };
+        self.vocab + bucket as u32
     }
 
     /// Row of a signal token in the signal table.
@@ -291,9 +405,26 @@ impl Layout {
     /// Features of a tokenised text: `tokens` are the words, `ids` their vocabulary ids (`unk` for unknown
     /// words). With `names`, each feature carries its readable name (slower; for explain).
     pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool, out: &mut Vec<Feature>) {
-        let mut buf = [0u8; 32];
-        let mut chars: Vec<char> = Vec::with_capacity(32);
-        let mut next_chars: Vec<char> = Vec::with_capacity(32);
+        // The hash of each feature's kind prefix, computed once (`fnv1a` hashes the parts in turn).
+        let bigram_prefix = fnv_part(FNV_OFFSET, b"b");
+        let gram_prefix = fnv_part(FNV_OFFSET, b"c");
+        let gram = |g: &str, out: &mut Vec<Feature>| {
+            let row = self.row_of(fnv_part(gram_prefix, g.as_bytes()));
+            let name = if names { format!("c:{g}") } else { String::new() };
+            out.push(Feature { row, name });
+        };
+        // `<word>` and the byte offset of each of its characters (then its length): a gram of n characters
+        // from character k is `marked[bounds[k]..bounds[k + n]]`, hashed without re-encoding.
+        let mut marked = String::new();
+        let mut bounds: Vec<usize> = Vec::new();
+        let mut junction = String::new();
+        let mut junction_bounds: Vec<usize> = Vec::new();
+        let char_bounds = |s: &str, bounds: &mut Vec<usize>| {
+            bounds.clear();
+            bounds.extend(s.char_indices().map(|(b, _)| b));
+            bounds.push(s.len());
+        };
+        let alphabetic = |w: &str| w.chars().all(char::is_alphabetic);
         for (i, word) in tokens.iter().enumerate() {
             let id = ids.get(i).copied().unwrap_or(unk);
             if id != unk && id < self.vocab {
@@ -302,42 +433,40 @@ impl Layout {
             }
             let next = tokens.get(i + 1);
             if let Some(next) = next {
-                let row = self.row_of(fnv1a(&[b"b", word.as_bytes(), next.as_bytes()]));
+                let row = self.row_of(fnv_part(fnv_part(bigram_prefix, word.as_bytes()), next.as_bytes()));
                 let name = if names { format!("b:{word} {next}") } else { String::new() };
                 out.push(Feature { row, name });
             }
-            if !word.chars().all(char::is_alphabetic) {
+            if !alphabetic(word) {
                 continue;
             }
-            chars.clear();
-            chars.push('<');
-            chars.extend(word.chars());
-            chars.push('>');
-            let mut gram = |g: &[char], out: &mut Vec<Feature>| {
-                let len = gram_bytes(g, &mut buf);
-                let row = self.row_of(fnv1a(&[b"c", &buf[..len]]));
-                let name = if names { format!("c:{}", g.iter().collect::<String>()) } else { String::new() };
-                out.push(Feature { row, name });
-            };
+            marked.clear();
+            marked.push('<');
+            marked.push_str(word);
+            marked.push('>');
+            char_bounds(&marked, &mut bounds);
+            let chars = bounds.len() - 1;
             for n in 3..=5 {
-                if chars.len() < n {
+                if chars < n {
                     break;
                 }
-                for g in chars.windows(n) {
-                    gram(g, out);
+                for k in 0..=chars - n {
+                    gram(&marked[bounds[k]..bounds[k + n]], out);
                 }
             }
-            if let Some(next) = next.filter(|w| w.chars().all(char::is_alphabetic)) {
-                // the 4-grams that span the junction of two words (the others are in-word grams already)
-                let left = &chars[1..chars.len() - 1];
-                let tail = &left[left.len().saturating_sub(3)..];
-                next_chars.clear();
-                next_chars.extend(tail.iter().copied());
-                let tail_len = next_chars.len();
-                next_chars.extend(next.chars().take(3));
-                for (k, g) in next_chars.windows(4).enumerate() {
+            if let Some(next) = next.filter(|w| alphabetic(w)) {
+                // the 4-grams that span the junction of two words (the others are in-word grams already):
+                // the word's last (up to) 3 characters, then the next word's first 3
+                let word_chars = chars - 2;
+                let tail_len = word_chars.min(3);
+                junction.clear();
+                junction.push_str(&marked[bounds[1 + word_chars - tail_len]..bounds[1 + word_chars]]);
+                junction.extend(next.chars().take(3));
+                char_bounds(&junction, &mut junction_bounds);
+                let junction_chars = junction_bounds.len() - 1;
+                for k in 0..(junction_chars + 1).saturating_sub(4) {
                     if k < tail_len && k + 4 > tail_len {
-                        gram(g, out);
+                        gram(&junction[junction_bounds[k]..junction_bounds[k + 4]], out);
                     }
                 }
             }
@@ -357,6 +486,225 @@ mod tests {
         assert!(n.contains("emailx") && n.contains("ipx") && n.contains("hostx") && n.contains("idx"), "{n}");
         assert!(n.contains("num"), "{n}");
         assert!(!n.contains("john") && !n.contains("192") && !n.contains("example"), "{n}");
+    }
+
+    /// `normalise` as first written: one `Regex::replace_all` per pass (closures for the host and word
+    /// masks). The fast version must give exactly its output.
+    fn reference_normalise(text: &str) -> String {
+        use regex::Captures;
+        let reference_mask_word = |word: &str| -> String {
+            let digits = word.chars().filter(char::is_ascii_digit).count();
+            if digits == 0 || word.starts_with("st") && word.contains('_') {
+                return word.to_string();
+            }
+            let len = word.chars().count();
+            if digits == len {
+                let is_reply = len == 3 && matches!(word.as_bytes()[0], b'2' | b'4' | b'5');
+                return if is_reply { word.to_string() } else { "num".to_string() };
+            }
+            if len >= 6 { "idx".to_string() } else { word.to_string() }
+        };
+        let mut s: String = text
+            .chars()
+            .take(MAX_TEXT_CHARS)
+            .map(|c| if c.is_control() || c == '\u{FFFD}' { ' ' } else { c })
+            .collect();
+        let m = masks();
+        if s.contains("://") {
+            s = m.url.replace_all(&s, " urlx ").into_owned();
+        }
+        if s.contains('@') {
+            s = m.email.replace_all(&s, " emailx ").into_owned();
+        }
+        let has_digit = s.bytes().any(|b| b.is_ascii_digit());
+        if has_digit && s.contains('.') {
+            s = m.ipv4.replace_all(&s, " ipx ").into_owned();
+            s = m.enhanced.replace_all(&s, " st${1}_${2}_${3} ").into_owned();
+        }
+        if s.contains("::") || s.bytes().filter(|&b| b == b':').count() >= 3 {
+            s = m.ipv6.replace_all(&s, " ipx ").into_owned();
+        }
+        if s.contains('.') {
+            s = m
+                .dotted
+                .replace_all(&s, |c: &Captures| {
+                    let whole = &c[0];
+                    let last = whole.rsplit('.').next().unwrap_or("");
+                    let tld_like = (2..=6).contains(&last.len()) && last.chars().all(|ch| ch.is_ascii_alphabetic());
+                    if tld_like { " hostx ".to_string() } else { whole.to_string() }
+                })
+                .into_owned();
+        }
+        if has_digit {
+            s = m.alnum.replace_all(&s, |c: &Captures| reference_mask_word(&c[0])).into_owned();
+        }
+        s
+    }
+
+    /// `words` as first written: NFKC and lowercasing of every character, then the split.
+    fn reference_words(normalised: &str) -> Vec<String> {
+        use unicode_normalization::UnicodeNormalization;
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut cur_word = false;
+        for c in normalised.nfkc().flat_map(char::to_lowercase) {
+            if c.is_whitespace() {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                continue;
+            }
+            let is_word = c.is_alphanumeric() || c == '_';
+            if !cur.is_empty() && is_word != cur_word {
+                out.push(std::mem::take(&mut cur));
+            }
+            cur_word = is_word;
+            cur.push(c);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    fn assert_same_as_reference(text: &str) {
+        let fast = normalise(text);
+        assert_eq!(fast, reference_normalise(text), "normalise({text:?})");
+        assert_eq!(words(&fast), reference_words(&fast), "words({fast:?})");
+        assert_eq!(words(text), reference_words(text), "words({text:?})");
+    }
+
+    #[test]
+    fn fast_normalise_and_words_equal_the_regex_versions_on_the_training_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
+        let mut texts = 0;
+        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
+            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
+                println!("skipping {name}: not found in {}", dir.display());
+                continue;
+            };
+            for line in data.lines() {
+                let Some(text) = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["text"].as_str().map(str::to_string))
+                else {
+                    continue;
+                };
+                for variant in [text.clone(), text.to_uppercase(), strip_codes(&text), format!("{text} Ｍａｉｌ–box ²ⅲ 名前")] {
+                    assert_same_as_reference(&variant);
+                }
+                texts += 1;
+            }
+        }
+        assert!(texts > 0 || !dir.exists(), "no texts read from {}", dir.display());
+    }
+
+    #[test]
+    fn fast_normalise_and_words_equal_the_regex_versions_on_random_text() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        // Pieces that trigger every pass and its edge cases: dots, dashes and underscores around host names,
+        // codes, IPv4/IPv6, addresses, URLs, ids, control characters, NFKC-changing and non-Latin characters.
+        const PIECES: &[&str] = &[
+            "a", "Z", "x", "mx1", "com", "ORG", "é", "ß", "İ", "Ⅻ", "²", "٣", "ﬁ", "Ｆ", "名", "\u{301}", "_", "-",
+            ".", "..", "@", ":", "::", "/", "://", "http", "ftp", " ", "  ", "\t", "\n", "\r", "\u{0}",
+            "\u{7f}", "\u{85}", "\u{a0}", "\u{FFFD}", "\u{2028}", "0", "1", "5", "25", "550", "5.1.1",
+            "4.2.2.", "192.0.2.1", "fe80::1", "2001:db8::", "st5_1_1", "DB5EUR03FT012", "user@example.org",
+            "<", ">", "(", ")", "[", "]", "#", "'", "\"", ";", ",",
+        ];
+        let mut rng = StdRng::seed_from_u64(6);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..24);
+            let text: String = (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
+            assert_same_as_reference(&text);
+        }
+        assert_same_as_reference(&"ab1.cd ".repeat(600));
+        assert_same_as_reference(&"é".repeat(3000));
+    }
+
+    /// `Layout::text_features` as first written (every n-gram encoded to bytes, every hash from the start).
+    fn reference_text_features(layout: &Layout, tokens: &[String], ids: &[u32], unk: u32, out: &mut Vec<Feature>) {
+        let gram_bytes = |chars: &[char], buf: &mut [u8; 32]| {
+            let mut len = 0;
+            for &c in chars {
+                if len + c.len_utf8() > buf.len() {
+                    break;
+                }
+                len += c.encode_utf8(&mut buf[len..]).len();
+            }
+            len
+        };
+        let mut buf = [0u8; 32];
+        let mut chars: Vec<char> = Vec::new();
+        let mut next_chars: Vec<char> = Vec::new();
+        for (i, word) in tokens.iter().enumerate() {
+            let id = ids.get(i).copied().unwrap_or(unk);
+            if id != unk && id < layout.vocab {
+                out.push(Feature { row: id, name: format!("w:{word}") });
+            }
+            let next = tokens.get(i + 1);
+            if let Some(next) = next {
+                let row = layout.row_of(fnv1a(&[b"b", word.as_bytes(), next.as_bytes()]));
+                out.push(Feature { row, name: format!("b:{word} {next}") });
+            }
+            if !word.chars().all(char::is_alphabetic) {
+                continue;
+            }
+            chars.clear();
+            chars.push('<');
+            chars.extend(word.chars());
+            chars.push('>');
+            let mut gram = |g: &[char], out: &mut Vec<Feature>| {
+                let len = gram_bytes(g, &mut buf);
+                let row = layout.row_of(fnv1a(&[b"c", &buf[..len]]));
+                out.push(Feature { row, name: format!("c:{}", g.iter().collect::<String>()) });
+            };
+            for n in 3..=5 {
+                if chars.len() < n {
+                    break;
+                }
+                for g in chars.windows(n) {
+                    gram(g, out);
+                }
+            }
+            if let Some(next) = next.filter(|w| w.chars().all(char::is_alphabetic)) {
+                let left = &chars[1..chars.len() - 1];
+                let tail = &left[left.len().saturating_sub(3)..];
+                next_chars.clear();
+                next_chars.extend(tail.iter().copied());
+                let tail_len = next_chars.len();
+                next_chars.extend(next.chars().take(3));
+                for (k, g) in next_chars.windows(4).enumerate() {
+                    if k < tail_len && k + 4 > tail_len {
+                        gram(g, out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_features_equal_the_first_version_with_names_and_without() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const WORDS: &[&str] = &["mailbox", "full", "a", "of", "é", "ünknown", "名前", "x1", "550", ":", "", "ab",
+            "abc", "st5_1_1", "ﬁle", "ǅx", "quota", "exceeded", "user", "😀", "ßü"];
+        let mut rng = StdRng::seed_from_u64(6);
+        for layout in [Layout { vocab: 10, buckets: 1 << 15, signal_buckets: 8 }, Layout { vocab: 3, buckets: 1000, signal_buckets: 8 }] {
+            for _ in 0..2000 {
+                let n = rng.gen_range(0..8);
+                let tokens: Vec<String> = (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())].to_string()).collect();
+                let ids: Vec<u32> = tokens.iter().map(|_| rng.gen_range(0..12)).collect();
+                let mut want = Vec::new();
+                reference_text_features(&layout, &tokens, &ids, 0, &mut want);
+                let mut named = Vec::new();
+                layout.text_features(&tokens, &ids, 0, true, &mut named);
+                assert_eq!(named, want, "{tokens:?}");
+                let mut rows = Vec::new();
+                layout.text_features(&tokens, &ids, 0, false, &mut rows);
+                assert_eq!(rows.iter().map(|f| f.row).collect::<Vec<_>>(), want.iter().map(|f| f.row).collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct Model {
     b1: Vec<f32>,
     w2: Vec<f32>,
     b2: Vec<f32>,
+    /// `w1` transposed (`2·dim × hidden`) and `w2` transposed (`hidden × labels`): the layout the dense layers
+    /// are computed in (see [`dense`]).
+    w1t: Vec<f32>,
+    w2t: Vec<f32>,
     memory: Memory,
 }
 
@@ -195,6 +199,8 @@ impl Model {
                 return Err(format!("tensor {name} has {got} values, expected {want}"));
             }
         }
+        let w1 = round_f16(w.w1)?;
+        let w2 = round_f16(w.w2)?;
         Ok(Model {
             tokenizer,
             unk,
@@ -203,9 +209,11 @@ impl Model {
             config,
             text_emb: round_f16(w.text_emb)?,
             signal_emb: round_f16(w.signal_emb)?,
-            w1: round_f16(w.w1)?,
+            w1t: transpose(&w1, h, 2 * d),
+            w2t: transpose(&w2, c, h),
+            w1,
             b1: round_f16(w.b1)?,
-            w2: round_f16(w.w2)?,
+            w2,
             b2: round_f16(w.b2)?,
             memory: Memory::default(),
         })
@@ -365,16 +373,9 @@ impl Model {
         if m > 0 {
             x[d..].iter_mut().for_each(|a| *a /= m as f32);
         }
-        let h = self.config.hidden;
-        let hidden: Vec<f32> = (0..h)
-            .map(|j| {
-                let w = &self.w1[j * 2 * d..(j + 1) * 2 * d];
-                (self.b1[j] + w.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>()).max(0.0)
-            })
-            .collect();
-        (0..self.labels.len())
-            .map(|k| self.b2[k] + self.w2[k * h..(k + 1) * h].iter().zip(&hidden).map(|(a, b)| a * b).sum::<f32>())
-            .collect()
+        let mut hidden = dense(&self.w1t, &self.b1, &x);
+        hidden.iter_mut().for_each(|v| *v = v.max(0.0));
+        dense(&self.w2t, &self.b2, &hidden)
     }
 
     /// Set the status prior's weight (see [`ModelConfig::prior_weight`]).
@@ -521,10 +522,58 @@ impl Model {
 /// Names of the memory's tensors in model.safetensors: rows, offsets, labels (all u32).
 const MEMORY_TENSORS: [&str; 3] = ["mem_rows", "mem_offsets", "mem_labels"];
 
+/// `rows × cols` row-major → `cols × rows` row-major.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// `b + W x` for `W` given transposed (`wt` is `x.len() × b.len()`, row-major). Every output is the same sum
+/// as the plain dot product `b[j] + Σ_i W[j][i]·x[i]` (products added in the order of `i`, starting from
+/// -0.0 like `Iterator::sum`), so results are bit for bit those of the row-major loop; walking `W` by column
+/// keeps all outputs advancing together, which the compiler vectorises, instead of one long chain of
+/// dependent additions per output.
+fn dense(wt: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+    let mut acc = vec![-0.0f32; b.len()];
+    for (xi, col) in x.iter().zip(wt.chunks_exact(b.len())) {
+        acc.iter_mut().zip(col).for_each(|(a, w)| *a += w * xi);
+    }
+    acc.iter_mut().zip(b).for_each(|(a, bias)| *a = bias + *a);
+    acc
+}
+
 /// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     exp.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_on_transposed_weights_is_bit_for_bit_the_row_major_dot_product() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(6);
+        for (rows, cols) in [(96, 96), (35, 96), (1, 1), (7, 3)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let b: Vec<f32> = (0..rows).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let mut x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            x[0] = 0.0;
+            let plain: Vec<u32> = (0..rows)
+                .map(|j| (b[j] + w[j * cols..(j + 1) * cols].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>()).to_bits())
+                .collect();
+            let fast: Vec<u32> = dense(&transpose(&w, rows, cols), &b, &x).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(fast, plain, "{rows}x{cols}");
+        }
+    }
 }

@@ -1,8 +1,12 @@
 //! `rebound classify [--format jsonl|table] PATH...`: parse and classify without a database, one line per
 //! bounced recipient. A validator for what rebound makes of a message before it is ever stored.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -12,7 +16,7 @@ use crate::lifecycle::{self, LifecycleError};
 use crate::classify::{self, Classification, Explanation};
 use crate::config::{ClassifyConfig, LmtpConfig};
 use crate::exit;
-use crate::ingest::files::{Messages, RawMessage};
+use crate::ingest::files::{Messages, RawMessage, ReadError};
 use crate::parse::{self, Parsed, Recipient};
 use crate::store::{Store, redact_url};
 
@@ -57,6 +61,9 @@ pub struct ClassifyArgs {
     /// --model directory. Without it no database is used.
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
+    /// Threads that parse and classify (output keeps the input order); default: one per core.
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<NonZeroUsize>,
     /// Files, directories (recursive), Maildirs, mbox files.
     #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -117,38 +124,116 @@ pub async fn run(args: ClassifyArgs) -> Result<i32, Failure> {
             Err(e) => finish_on_write_error(e),
         };
     }
+    let jobs = args.jobs.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
+    let messages = Messages::new(&args.paths, limit);
     let mut bad_input = false;
-    for item in Messages::new(&args.paths, limit) {
-        let message = match item {
-            Ok(m) => m,
-            Err(e) => {
+    let mut emit = |outcome: Outcome| -> io::Result<()> {
+        match outcome {
+            Outcome::Unreadable(e) => {
                 eprintln!("rebound: {e}");
                 bad_input = true;
-                continue;
+                Ok(())
             }
-        };
-        let parsed = parse::parse(&message.bytes);
-        let classifications = classify::classify_all(&parsed);
-        let message_rows = rows_of(&message, &parsed, &classifications);
-        match args.format {
-            Format::Jsonl => {
-                for row in &message_rows {
-                    if let Err(e) = write_json(&mut out, row) {
-                        return finish_on_write_error(e);
-                    }
-                }
+            Outcome::Json(lines) => out.write_all(&lines),
+            Outcome::Rows(message_rows) => {
+                rows.extend(message_rows);
+                Ok(())
             }
-            Format::Table => rows.extend(message_rows),
         }
-    }
-    let written = match args.format {
+    };
+    let streamed = if jobs <= 1 {
+        messages.map(|item| outcome(item, args.format)).try_for_each(&mut emit)
+    } else {
+        in_parallel(messages, jobs, args.format, &mut emit)
+    };
+    let written = streamed.and_then(|()| match args.format {
         Format::Jsonl => Ok(()),
         Format::Table => write_table(&mut out, &rows),
-    };
+    });
     if let Err(e) = written.and_then(|()| out.flush()) {
         return finish_on_write_error(e);
     }
     Ok(if bad_input { exit::DATAERR } else { exit::OK })
+}
+
+/// What one input item gives: JSON lines ready to write, table rows to align at the end, or a read error.
+enum Outcome {
+    Json(Vec<u8>),
+    Rows(Vec<Row>),
+    Unreadable(ReadError),
+}
+
+/// Parse and classify one message read from the paths (or pass its read error on).
+fn outcome(item: Result<RawMessage, ReadError>, format: Format) -> Outcome {
+    let message = match item {
+        Ok(m) => m,
+        Err(e) => return Outcome::Unreadable(e),
+    };
+    let parsed = parse::parse(&message.bytes);
+    let classifications = classify::classify_all(&parsed);
+    let message_rows = rows_of(&message, &parsed, &classifications);
+    match format {
+        Format::Jsonl => {
+            let mut lines = Vec::new();
+            for row in &message_rows {
+                // Writing into a Vec cannot fail, and a Row always serialises.
+                let _ = write_json(&mut lines, row);
+            }
+            Outcome::Json(lines)
+        }
+        Format::Table => Outcome::Rows(message_rows),
+    }
+}
+
+/// Parse and classify `messages` on `jobs` worker threads while this thread reads nothing but results and
+/// passes them to `emit` in input order. A reader thread walks the paths; a bounded queue keeps it at most a
+/// few messages ahead of the workers. When `emit` fails (stdout closed) the workers stop at their next
+/// message and the reader at its next send.
+fn in_parallel(
+    messages: Messages,
+    jobs: usize,
+    format: Format,
+    emit: &mut impl FnMut(Outcome) -> io::Result<()>,
+) -> io::Result<()> {
+    std::thread::scope(|scope| {
+        let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Result<RawMessage, ReadError>)>(4 * jobs);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Outcome)>(16 * jobs);
+        scope.spawn(move || {
+            for item in messages.enumerate() {
+                if work_tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..jobs {
+            let work_rx = Arc::clone(&work_rx);
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only to take the next message; a poisoned lock means a worker
+                    // panicked, and the others go on.
+                    let next = work_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((seq, item)) = next else { break };
+                    if done_tx.send((seq, outcome(item, format))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(work_rx);
+        drop(done_tx);
+        let mut next = 0usize;
+        let mut early: BTreeMap<usize, Outcome> = BTreeMap::new();
+        for (seq, result) in done_rx {
+            early.insert(seq, result);
+            while let Some(result) = early.remove(&next) {
+                emit(result)?;
+                next += 1;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A reader that went away (`| head`) is not an error.
