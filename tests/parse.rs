@@ -137,6 +137,16 @@ fn sendmail_free_text_bounce_with_transcript() {
 }
 
 #[test]
+fn dsn_command_read_from_the_transcript_of_its_text_part() {
+    let p = parse_all_endings("dsn-sendmail-transcript.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["nobody@example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!(r.diagnostic.as_deref(), Some("550 Unknown user nobody@example.org"), "the DSN's own Diagnostic-Code");
+    assert_eq!(r.smtp_command.as_deref(), Some("DATA"), "the command before the quoted reply in the transcript");
+}
+
+#[test]
 fn html_only_exchange_report() {
     let p = parse_all_endings("bounce-exchange-html.eml");
     assert_eq!(p.kind, Kind::Bounce);

@@ -295,6 +295,11 @@ fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
         let from_text = r.diagnostic.is_none();
         let diagnostic = if from_text { best } else { None };
         freetext::fill_codes(r, diagnostic, &blocks, None, from_text);
+        if r.smtp_command.is_none()
+            && let Some(diagnostic) = r.diagnostic.as_deref()
+        {
+            r.smtp_command = freetext::command_before(text, diagnostic, r.reply_code).map(str::to_string);
+        }
     }
 }
 

@@ -225,8 +225,24 @@ fn truncate(mut s: String) -> String {
     s
 }
 
-/// The first paragraph that carries an SMTP reply or status code, else the first non-empty paragraph:
-/// the bounce's own explanation, used for recipients whose block says nothing.
+/// Fewest words a paragraph without codes needs to be read as the bounce's explanation: fewer make a
+/// heading ("** Message not delivered **") or a salutation ("Hello a@b.example,").
+const MIN_EXPLANATION_WORDS: usize = 4;
+
+/// Whether a paragraph says something in sentences: at least [`MIN_EXPLANATION_WORDS`] words with a letter
+/// that are not addresses.
+fn is_explanation(lines: &[&str]) -> bool {
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .filter(|w| !w.contains('@') && w.chars().any(char::is_alphabetic))
+        .nth(MIN_EXPLANATION_WORDS - 1)
+        .is_some()
+}
+
+/// The first paragraph that carries an SMTP reply or status code, else the text from the first paragraph
+/// that explains (not a heading or salutation, see [`is_explanation`]; else the first non-empty one), up to
+/// `MAX_BLOCK_LINES` lines: the bounce's own explanation, used for recipients whose block says nothing.
 pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     let mut paragraphs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
@@ -244,8 +260,24 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
         paragraphs.push((s, lines.len()));
     }
     let with_code = paragraphs.iter().find(|(s, e)| lines[*s..*e].iter().any(|l| has_code(l)));
-    let (s, e) = with_code.or_else(|| paragraphs.first())?;
-    let text = collapse_ws(&lines[*s..(*e).min(s + MAX_BLOCK_LINES)].join(" "));
+    let (s, e) = match with_code {
+        Some(&(s, e)) => (s, e),
+        None => {
+            let (s, _) = paragraphs
+                .iter()
+                .find(|(s, e)| is_explanation(&lines[*s..*e]))
+                .or_else(|| paragraphs.first())?;
+            // The explanation may go on in the next paragraphs (a list of causes, "The response was:").
+            let kept: Vec<usize> = (*s..lines.len())
+                .filter(|&i| !(lines[i].trim().is_empty() || is_separator(lines[i])))
+                .take(MAX_BLOCK_LINES)
+                .collect();
+            (*s, kept.last().map_or(*s, |l| l + 1))
+        }
+    };
+    let kept: Vec<&str> =
+        lines[s..e].iter().copied().filter(|l| !(l.trim().is_empty() || is_separator(l))).take(MAX_BLOCK_LINES).collect();
+    let text = collapse_ws(&kept.join(" "));
     Some(truncate(text)).filter(|t| !t.is_empty())
 }
 
@@ -437,6 +469,42 @@ pub(crate) fn fill_codes(
     }
     r.smtp_command = r.smtp_command.take().or(command.map(str::to_string));
     r.diagnostic = r.diagnostic.take().or(diagnostic);
+}
+
+/// Longest start of a diagnostic looked for in the report's text by [`command_before`].
+const DIAGNOSTIC_KEY: usize = 40;
+
+/// The SMTP command that the reply quoted in `diagnostic` answered, read from the report's text when the
+/// diagnostic itself does not say: the text is searched for a line quoting the diagnostic's start (as a
+/// transcript does: `... while talking to mx.example.org.:` / `>>> DATA` / `<<< 550 Unknown user`), and the
+/// command is the one named last before that line in its paragraph. Lines that quote the diagnostic
+/// without naming a command before them ("(reason: 550 …)") are passed over.
+pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Option<u16>) -> Option<&'static str> {
+    let diagnostic = collapse_ws(diagnostic);
+    let mut end = DIAGNOSTIC_KEY.min(diagnostic.len());
+    while !diagnostic.is_char_boundary(end) {
+        end -= 1;
+    }
+    let key = diagnostic[..end].to_ascii_lowercase();
+    if key.len() < 8 {
+        return None;
+    }
+    let lines = text.before();
+    let mut paragraph_start = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            paragraph_start = i + 1;
+            continue;
+        }
+        if find_ci(&collapse_ws(line), &key).is_none() {
+            continue;
+        }
+        let before = lines[paragraph_start..=i].join("\n");
+        if let Some(command) = smtp::smtp_command_for(&before, reply) {
+            return Some(command);
+        }
+    }
+    None
 }
 
 /// The diagnostic blocks that mention `addr` in `text`, each ending before a line that mentions one of

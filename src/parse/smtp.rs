@@ -136,16 +136,24 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
     ("final data", "DATA"),
     (">>> data", "DATA"),
     ("in: data", "DATA"),
+    ("(data)", "DATA"),
+    ("failed after i sent the message", "DATA"),
+    ("text command", "DATA"),
     ("rcpt to", "RCPT"),
     ("rcpt command", "RCPT"),
     (">>> rcpt", "RCPT"),
+    ("rcpt_to", "RCPT"),
+    ("smtp:rcpt", "RCPT"),
+    ("does not like recipient", "RCPT"),
     ("mail from", "MAIL"),
     ("mail command", "MAIL"),
     (">>> mail", "MAIL"),
     ("sender was rejected", "MAIL"),
     ("ehlo", "HELO"),
     ("helo", "HELO"),
+    ("my name was rejected", "HELO"),
     ("initial connection", "CONN"),
+    ("refused to talk to me", "CONN"),
     ("greeting", "CONN"),
     ("banner", "CONN"),
     ("connect to", "CONN"),
@@ -155,10 +163,17 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
 
 fn command_regex() -> &'static Regex {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        // Phrases starting with a word start at a word boundary ("email from" is not "mail from").
+        // Phrases starting with a word start at a word boundary ("email from" is not "mail from"); those
+        // starting with punctuation (`>>> data`, `(data)`) start anywhere.
         let alternation: Vec<String> = COMMAND_PHRASES
             .iter()
-            .map(|(p, _)| if p.starts_with('>') { regex::escape(p) } else { format!(r"(?-u:\b){}", regex::escape(p)) })
+            .map(|(p, _)| {
+                if p.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                    format!(r"(?-u:\b){}", regex::escape(p))
+                } else {
+                    regex::escape(p)
+                }
+            })
             .collect();
         // The pattern is built from the constant list above; it always compiles.
         Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
@@ -255,6 +270,15 @@ mod tests {
         assert_eq!(smtp_command(transcript), Some("RCPT"));
         let postfix = "In: RCPT TO:<a@b.example> Out: 250 2.1.5 Ok In: DATA Out: 354 go Out: 451 4.3.0 Error";
         assert_eq!(smtp_command(postfix), Some("DATA"));
+        let qmail_rcpt = "192.0.2.1 does not like recipient.\nRemote host said: 550 5.1.1 unknown\nGiving up on 192.0.2.1.";
+        assert_eq!(smtp_command(qmail_rcpt), Some("RCPT"));
+        assert_eq!(smtp_command("192.0.2.1 failed after I sent the message. Remote host said: 554 spam"), Some("DATA"));
+        assert_eq!(smtp_command("Connected to 192.0.2.1 but my name was rejected."), Some("HELO"));
+        assert_eq!(smtp_command("host mx.example.org[192.0.2.1] refused to talk to me: 554 Blocked"), Some("CONN"));
+        assert_eq!(smtp_command("Remote host said: 550 5.2.2 <a@b.example>... Mailbox Full [RCPT_TO]"), Some("RCPT"));
+        let refused = "refused to accept your message (DATA), with the following error message: [554 5.4.6 Hop count]";
+        assert_eq!(smtp_command(refused), Some("DATA"));
+        assert_eq!(smtp_command("SMTP error from remote server for TEXT command, reason: 550 5.2.0 rejected"), Some("DATA"));
         let rejected_then_data = ">>> RCPT To:<a@b.example>\n<<< 550 5.1.1 invalid\n>>> DATA\n<<< 503 5.5.0 need RCPT";
         assert_eq!(smtp_command_for(rejected_then_data, Some(550)), Some("RCPT"));
     }
