@@ -543,7 +543,7 @@ fn dense(wt: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
     for (xi, col) in x.iter().zip(wt.chunks_exact(b.len())) {
         acc.iter_mut().zip(col).for_each(|(a, w)| *a += w * xi);
     }
-    acc.iter_mut().zip(b).for_each(|(a, bias)| *a = bias + *a);
+    acc.iter_mut().zip(b).for_each(|(a, bias)| *a += bias);
     acc
 }
 
