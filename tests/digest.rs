@@ -613,20 +613,10 @@ async fn cli_mails_the_digest_through_the_relay() {
 /// shows the figure beside sent and suppressed.
 async fn rate_limited_reports_are_in_the_digest(db: &TestDb) {
     let row = SpfCheckRow {
-        checked_at: Utc::now(),
         client_ip: "203.0.113.7".into(),
-        client_name: None,
-        helo: Some("bad.example.net".into()),
-        mail_from: Some("someone@example.org".into()),
-        rcpt_to: Some("victim@ours.example".into()),
-        queue_id: None,
-        identity: "mail_from",
-        domain: "example.org".into(),
-        result: "fail",
-        explanation: None,
         record: Some("v=spf1 -all ra=spf".into()),
-        mechanism: Some("-all".into()),
         action: Some("reject".into()),
+        ..spf_support::failed_check("example.org", "someone@example.org")
     };
     let item = |message: &[u8]| CheckItem {
         rows: vec![row.clone()],

@@ -12,31 +12,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use rebound::report::config::SmtpConfig;
 use rebound::report::sender::Sender;
 use rebound::store::Store;
-use rebound::store::spf::{CheckItem, ReportToQueue, SpfCheckRow};
+use rebound::store::spf::{CheckItem, ReportToQueue};
 use spf_support::{Fault, queue_answer, smtp_relay};
 
 /// Queue a report to `address` with its check, as the policy server's writer does.
 async fn queue_report(store: &Store, address: &str, n: usize) {
-    let row = SpfCheckRow {
-        checked_at: Utc::now(),
-        client_ip: "203.0.113.9".into(),
-        client_name: None,
-        helo: Some("bad.example.net".into()),
-        mail_from: Some(format!("someone{n}@example.com")),
-        rcpt_to: Some("victim@ours.example".into()),
-        queue_id: None,
-        identity: "mail_from",
-        domain: "example.com".into(),
-        result: "fail",
-        explanation: None,
-        record: Some("v=spf1 -all".into()),
-        mechanism: Some("-all".into()),
-        action: Some("PREPEND".into()),
-    };
+    let row = spf_support::failed_check("example.com", &format!("someone{n}@example.com"));
     let message = format!(
         "From: reports@ours.example\r\nTo: {address}\r\nSubject: SPF failure report {n}\r\n\r\n{}\r\n",
         "An SPF failure report body line.\r\n".repeat(20)

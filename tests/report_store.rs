@@ -10,25 +10,17 @@ use rebound::store::spf::{AttemptOutcome, CheckItem, Queued, ReportToQueue, SpfC
 use rebound::store::Store;
 
 mod common;
+mod spf_support;
 
 use common::db::{TestDb, scalar};
 
 fn row(n: usize) -> SpfCheckRow {
     SpfCheckRow {
-        checked_at: Utc::now(),
         client_ip: format!("203.0.113.{}", n % 250),
-        client_name: None,
-        helo: Some("bad.example.net".into()),
-        mail_from: Some("x@example.com".into()),
         rcpt_to: Some("u@ours.example".into()),
-        queue_id: None,
-        identity: "mail_from",
-        domain: "example.com".into(),
-        result: "fail",
-        explanation: None,
         record: Some("v=spf1 -all ra=r".into()),
-        mechanism: Some("-all".into()),
         action: Some("DUNNO".into()),
+        ..spf_support::failed_check("example.com", "x@example.com")
     }
 }
 

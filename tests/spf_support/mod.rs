@@ -394,3 +394,24 @@ pub async fn policy_checks(policy: SocketAddr, client_ip: &str, helo: &str, send
     }
     actions
 }
+
+/// A failed MAIL FROM check of `domain` (`-all`) from 203.0.113.9, as the policy server's writer stores
+/// it: the row a queued SPF report points to. Tests change the fields they care about with `..`.
+pub fn failed_check(domain: &str, mail_from: &str) -> rebound::store::spf::SpfCheckRow {
+    rebound::store::spf::SpfCheckRow {
+        checked_at: chrono::Utc::now(),
+        client_ip: "203.0.113.9".into(),
+        client_name: None,
+        helo: Some("bad.example.net".into()),
+        mail_from: Some(mail_from.into()),
+        rcpt_to: Some("victim@ours.example".into()),
+        queue_id: None,
+        identity: "mail_from",
+        domain: domain.into(),
+        result: "fail",
+        explanation: None,
+        record: Some("v=spf1 -all".into()),
+        mechanism: Some("-all".into()),
+        action: Some("PREPEND".into()),
+    }
+}
