@@ -147,6 +147,18 @@ fn dsn_command_read_from_the_transcript_of_its_text_part() {
 }
 
 #[test]
+fn dsn_reason_read_after_a_quoted_header_excerpt() {
+    let p = parse_all_endings("dsn-quoted-header-excerpt.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["bob@gone.example.org"]);
+    let r = &p.recipients[0];
+    assert_eq!(r.status.as_deref(), Some("5.4.4"));
+    let diagnostic = r.diagnostic.as_deref().unwrap_or_default();
+    assert!(diagnostic.contains("Illegal host/domain name found"), "the reason, not the quoted To: line: {diagnostic:?}");
+    assert!(!diagnostic.contains("Quarterly"), "{diagnostic:?}");
+}
+
+#[test]
 fn html_only_exchange_report() {
     let p = parse_all_endings("bounce-exchange-html.eml");
     assert_eq!(p.kind, Kind::Bounce);

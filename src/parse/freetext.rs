@@ -111,12 +111,23 @@ fn returned_copy_start(lines: &[&str]) -> Option<usize> {
             }
             j += 1;
         }
-        if count >= 3 && strong {
+        if count >= 3 && strong && !is_quoted_excerpt(lines, indent, j) {
             return Some(i);
         }
         i = j.max(i + 1);
     }
     None
+}
+
+/// Whether an indented header block ending before line `end` is an excerpt the bounce quotes ("This report
+/// relates to a message you sent with the following header fields:") rather than the returned copy: the
+/// bounce's own unindented prose resumes after it. An indented copy's body stays indented.
+fn is_quoted_excerpt(lines: &[&str], indent: &str, end: usize) -> bool {
+    !indent.is_empty()
+        && lines[end.min(lines.len())..]
+            .iter()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| !l.starts_with([' ', '\t']) && !is_separator(l))
 }
 
 /// One mention of an address on a line.
@@ -521,10 +532,16 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         .filter(|(_, l)| others.iter().any(|o| find_ci(l, o).is_some()) && find_ci(l, &key).is_none())
         .map(|(i, _)| i)
         .collect();
+    // A mention in a quoted header line (`To: a@b.example`) starts a block of headers, not of reasons: such
+    // lines are used only when the address is mentioned nowhere else.
+    let is_header_line = |line: &str| header_name(line.trim_start()).is_some_and(is_known_header);
+    let mentions: Vec<usize> = (0..lines.len()).filter(|&i| find_ci(lines[i], &key).is_some()).collect();
+    let prose: Vec<usize> = mentions.iter().copied().filter(|&i| !is_header_line(lines[i])).collect();
+    let starts = if prose.is_empty() { mentions } else { prose };
     let mut out = Vec::new();
     let mut last_end = 0;
-    for (idx, line) in lines.iter().enumerate() {
-        if idx < last_end || find_ci(line, &key).is_none() {
+    for idx in starts {
+        if idx < last_end {
             continue;
         }
         let (text, end) = block(lines, idx, &other_lines);
@@ -603,5 +620,18 @@ mod tests {
         let indented = vec!["Original mail as follows:", "", "   Return-Path: <a@b.example>", "   Received: by x",
             "   \tfor <c@d.example>; Thu, 29 Apr 2017", "   Subject: hi"];
         assert_eq!(returned_copy_start(&indented), Some(2));
+        let mut with_body = indented.clone();
+        with_body.extend(["", "   body of the copy"]);
+        assert_eq!(returned_copy_start(&with_body), Some(2), "an indented copy's body stays indented");
+    }
+
+    #[test]
+    fn an_indented_header_excerpt_followed_by_prose_is_not_the_copy() {
+        let lines = vec!["The message had these header fields:", "", "  Message-id: <m@a.example>",
+            "  Date: today", "  To: b@c.example", "  Subject: hi", "", "It could not be delivered:", "",
+            "  Recipient address: b@c.example", "  Reason: host not found"];
+        assert_eq!(returned_copy_start(&lines), None);
+        let blocks = blocks_for(&BounceText::new(&lines.join("\n")), "b@c.example", &[]);
+        assert_eq!(blocks, ["Recipient address: b@c.example Reason: host not found"], "not the quoted To: line");
     }
 }
