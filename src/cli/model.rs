@@ -25,6 +25,7 @@ use crate::classify::perturb::{perturb_text, rng_for};
 use crate::classify::train::{label_set, train, Example, TrainConfig};
 use crate::classify::{self, Model, Signals, DEFAULT_MIN_CONFIDENCE};
 use crate::exit;
+use crate::ingest::files::Messages;
 use crate::parse::Kind;
 
 /// Default place of the model artifacts.
@@ -299,12 +300,17 @@ pub fn load_text_corpus(path: &Path) -> anyhow::Result<Vec<Item>> {
     Ok(items)
 }
 
+/// Largest message of a labelled .eml corpus that is read (larger ones are an error naming the file).
+const MAX_CORPUS_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// Read an .eml corpus with its labels.jsonl: every labelled recipient is parsed out of its message.
 pub fn load_eml_corpus(dir: &Path, all_labels: bool) -> anyhow::Result<Vec<Item>> {
     let labels_path = dir.join("labels.jsonl");
     let data = fs::read_to_string(&labels_path)
         .with_context(|| format!("cannot read {}", labels_path.display()))?;
-    let mut parsed_cache: HashMap<String, crate::parse::Parsed> = HashMap::new();
+    // Every recipient of a file, in order: an mbox file's messages one after the other, as the labels count
+    // them (`recipient_index` runs across the whole file).
+    let mut parsed_cache: HashMap<String, Vec<(Kind, crate::parse::Recipient)>> = HashMap::new();
     let mut items = Vec::new();
     for (i, line) in data.lines().enumerate() {
         if line.trim().is_empty() {
@@ -318,19 +324,23 @@ pub fn load_eml_corpus(dir: &Path, all_labels: bool) -> anyhow::Result<Vec<Item>
         let Some(label) = row.expected_reason_consolidated_2025_12 else { continue };
         if !parsed_cache.contains_key(&row.file) {
             let path = dir.join(&row.file);
-            let raw = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            parsed_cache.insert(row.file.clone(), crate::parse::parse(&raw));
+            let mut recipients = Vec::new();
+            for message in Messages::new(std::slice::from_ref(&path), MAX_CORPUS_MESSAGE) {
+                let message = message.with_context(|| format!("cannot read {}", path.display()))?;
+                let parsed = crate::parse::parse(&message.bytes);
+                recipients.extend(parsed.recipients.into_iter().map(|r| (parsed.kind, r)));
+            }
+            parsed_cache.insert(row.file.clone(), recipients);
         }
-        let parsed = &parsed_cache[&row.file];
-        let recipient = row
+        let (kind, recipient) = row
             .recipient_index
             .checked_sub(1)
-            .and_then(|k| parsed.recipients.get(k))
+            .and_then(|k| parsed_cache[&row.file].get(k))
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or((Kind::Unparsed, crate::parse::Recipient::default()));
         items.push(Item {
             text: recipient.diagnostic.clone().unwrap_or_default(),
-            signals: Signals::of_recipient(parsed.kind, &recipient),
+            signals: Signals::of_recipient(kind, &recipient),
             label,
             group: row.content_norm_sha256.unwrap_or_else(|| row.file.clone()),
             mta: row.mta_module.unwrap_or_default(),
