@@ -75,8 +75,17 @@ impl Signals {
             None => out.push("rc=none".to_string()),
         }
         out.push(format!("act={}", self.action.as_deref().unwrap_or("none")));
-        out.push(format!("cmd={}", self.smtp_command.as_deref().unwrap_or("none")));
-        out.push(format!("prior={}", self.prior()));
+        let command = self.smtp_command.as_deref().unwrap_or("none");
+        out.push(format!("cmd={command}"));
+        let prior = self.prior();
+        // Where the dialogue failed changes what a code means (a "user unknown" 5.1.1 after DATA is a
+        // content filter's answer), so the command is also paired with the code and the prior's verdict.
+        match self.status.as_deref().and_then(status::parse_enhanced) {
+            Some((class, subject, _)) => out.push(format!("cmd&ss={command}/{class}.{subject}")),
+            None => out.push(format!("cmd&rcc={command}/{}", self.reply_code.map_or(0, |c| c / 100))),
+        }
+        out.push(format!("cmd&prior={command}/{prior}"));
+        out.push(format!("prior={prior}"));
         out
     }
 
@@ -750,9 +759,21 @@ mod tests {
     fn signal_tokens_carry_codes_and_prior() {
         let s = Signals { kind: Some(Kind::Dsn), status: Some("5.2.2".into()), reply_code: Some(552), ..Signals::default() };
         let t = s.tokens();
-        for want in ["kind=dsn", "sc=5", "sd=2.2", "rc=552", "prior=mailboxfull", "cmd=none"] {
+        for want in ["kind=dsn", "sc=5", "sd=2.2", "rc=552", "prior=mailboxfull", "cmd=none", "cmd&ss=none/5.2",
+            "cmd&prior=none/mailboxfull"] {
             assert!(t.iter().any(|x| x == want), "{want} in {t:?}");
         }
         assert!(s.permanent());
+        let data = Signals {
+            status: Some("5.1.1".into()),
+            smtp_command: Some("DATA".into()),
+            ..Signals::default()
+        };
+        let t = data.tokens();
+        for want in ["kind=text", "cmd&ss=DATA/5.1", "cmd&prior=DATA/userunknown"] {
+            assert!(t.iter().any(|x| x == want), "{want} in {t:?}");
+        }
+        let bare = Signals { reply_code: Some(421), smtp_command: Some("CONN".into()), ..Signals::default() };
+        assert!(bare.tokens().iter().any(|x| x == "cmd&rcc=CONN/4"), "{:?}", bare.tokens());
     }
 }

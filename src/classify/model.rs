@@ -66,6 +66,44 @@ pub struct Label {
     pub hard: bool,
 }
 
+/// The status prior as offsets to a model's logits: `β·log q`, where q puts the prior's confidence on the
+/// reason the status prior ([`super::status`]) names and spreads the rest evenly over the other labels.
+/// Training adds the same offsets as inference, so the network learns what the prior gets wrong (a 5.1.1
+/// after DATA is a content filter's answer) instead of being outvoted by it afterwards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PriorOffsets {
+    /// Index of the label the prior names.
+    pub label: usize,
+    /// Offset of that label.
+    pub on: f32,
+    /// Offset of every other label.
+    pub off: f32,
+}
+
+impl PriorOffsets {
+    /// The offsets for `signals` with weight `beta`; `None` when β is 0 or the prior does not decide.
+    pub fn of(labels: &[Label], beta: f32, signals: &Signals) -> Option<PriorOffsets> {
+        if beta == 0.0 {
+            return None;
+        }
+        let prior = signals.prior_classification();
+        if prior.reason == "onhold" || prior.confidence <= 0.0 {
+            return None;
+        }
+        let label = labels.iter().position(|l| l.name == prior.reason)?;
+        let c = prior.confidence.clamp(1e-3, 1.0 - 1e-3);
+        let rest = ((1.0 - c) / (labels.len().max(2) - 1) as f32).ln();
+        Some(PriorOffsets { label, on: beta * c.ln(), off: beta * rest })
+    }
+
+    /// Add the offsets to one input's logits.
+    pub fn add_to(&self, logits: &mut [f32]) {
+        for (i, l) in logits.iter_mut().enumerate() {
+            *l += if i == self.label { self.on } else { self.off };
+        }
+    }
+}
+
 /// Sizes of the network and facts about its training (config.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -420,19 +458,8 @@ impl Model {
 
     /// Add the status prior's log-probabilities, weighted, to the network's logits.
     fn fuse(&self, logits: &mut [f32], signals: &Signals) {
-        let beta = self.config.prior_weight;
-        if beta == 0.0 {
-            return;
-        }
-        let prior = signals.prior_classification();
-        let Some(k) = self.labels.iter().position(|l| l.name == prior.reason) else { return };
-        if prior.reason == "onhold" || prior.confidence <= 0.0 {
-            return;
-        }
-        let c = prior.confidence.clamp(1e-3, 1.0 - 1e-3);
-        let rest = ((1.0 - c) / (logits.len().max(2) - 1) as f32).ln();
-        for (i, l) in logits.iter_mut().enumerate() {
-            *l += beta * if i == k { c.ln() } else { rest };
+        if let Some(offsets) = PriorOffsets::of(&self.labels, self.config.prior_weight, signals) {
+            offsets.add_to(logits);
         }
     }
 
@@ -558,6 +585,22 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prior_offsets_favour_the_prior_reason_and_vanish_when_it_does_not_decide() {
+        let labels = super::super::train::label_set(&[]);
+        let full = Signals { status: Some("5.2.2".into()), ..Signals::default() };
+        let o = PriorOffsets::of(&labels, 0.5, &full).expect("5.2.2 decides");
+        assert_eq!(labels[o.label].name, "mailboxfull");
+        assert!(o.on > o.off);
+        assert!((o.on - 0.5 * 0.9f32.ln()).abs() < 1e-6);
+        let mut logits = vec![0.0; labels.len()];
+        o.add_to(&mut logits);
+        assert_eq!(logits.iter().filter(|&&l| l == o.on).count(), 1);
+        assert_eq!(PriorOffsets::of(&labels, 0.0, &full), None, "weight 0");
+        let vague = Signals { status: Some("5.0.0".into()), ..Signals::default() };
+        assert_eq!(PriorOffsets::of(&labels, 0.5, &vague), None, "5.0.0 does not decide");
+    }
 
     #[test]
     fn dense_on_transposed_weights_is_bit_for_bit_the_row_major_dot_product() {

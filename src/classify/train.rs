@@ -9,6 +9,8 @@
 //! Augmentation (deterministic): every example is also seen with its status codes stripped from the text and
 //! its status and reply code removed from the signals, so the model does not lean on codes a text may lack,
 //! and every batch drops 10% of the text features at random (feature dropout).
+//!
+//! The status prior's offsets (see [`PriorOffsets`]) are added to the logits in training as at inference.
 
 use std::collections::HashMap;
 
@@ -25,7 +27,7 @@ use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 use super::features::{normalise, strip_codes, words, Layout, Signals, MAX_TEXT_CHARS};
 use super::memory::Memory;
-use super::model::{Label, Model, ModelConfig, Weights, UNK_TOKEN};
+use super::model::{Label, Model, ModelConfig, PriorOffsets, Weights, UNK_TOKEN};
 
 /// One labelled training example.
 #[derive(Debug, Clone)]
@@ -136,6 +138,8 @@ pub const MIN_CATEGORY_EXAMPLES: usize = 5;
 struct Prepared {
     text_rows: Vec<u32>,
     signal_rows: Vec<u32>,
+    /// The status prior's offsets, added to the logits in training as they are at inference.
+    prior: Option<PriorOffsets>,
     label: usize,
     /// An example as given (not an augmented copy): these go into the memory.
     original: bool,
@@ -238,6 +242,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         prepared.push(Prepared {
             text_rows: feats.into_iter().map(|f| f.row).collect(),
             signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
+            prior: PriorOffsets::of(&labels, cfg.prior_weight, signals),
             label: *label,
             original,
         });
@@ -276,6 +281,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             let mut text_bag = BatchBag::default();
             let mut signal_bag = BatchBag::default();
             let mut targets = Vec::with_capacity(batch.len());
+            let mut offsets = vec![0f32; batch.len() * labels.len()];
             let mut weights = Vec::with_capacity(batch.len());
             for (b, &i) in batch.iter().enumerate() {
                 let p = &prepared[i];
@@ -287,6 +293,9 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
                 for &r in &p.signal_rows {
                     signal_bag.add(b, r);
                 }
+                if let Some(prior) = &p.prior {
+                    prior.add_to(&mut offsets[b * labels.len()..(b + 1) * labels.len()]);
+                }
                 targets.push(p.label as u32);
                 weights.push(class_weight[p.label]);
             }
@@ -297,7 +306,8 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             let as_ = signal_bag.mean_matrix(bsz, &dev)?;
             let x = Tensor::cat(&[at.matmul(gt.as_tensor())?, as_.matmul(gs.as_tensor())?], 1)?;
             let h = x.matmul(&w1.as_tensor().t()?)?.broadcast_add(b1.as_tensor())?.relu()?;
-            let logits = h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?;
+            let logits = (h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())?
+                + Tensor::from_vec(offsets, (bsz, labels.len()), &dev)?)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let tgt = Tensor::from_vec(targets, bsz, &dev)?;
             let eps = f64::from(cfg.label_smoothing);
