@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -162,6 +163,15 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
     fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })
 }
 
+/// Little-endian f16 values → f32 (exact; converted with the CPU's F16C instructions when it has them).
+fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let mut out = vec![0f32; bits.len()];
+    bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut out);
+    out
+}
+
 /// Round weights through f16 (the stored precision), so the model in memory equals the one on disk.
 fn round_f16(v: Vec<f32>) -> Result<Vec<f32>, String> {
     let n = v.len();
@@ -181,6 +191,19 @@ impl Model {
         config: ModelConfig,
         w: Weights,
     ) -> Result<Model, String> {
+        let w = Weights {
+            text_emb: round_f16(w.text_emb)?,
+            signal_emb: round_f16(w.signal_emb)?,
+            w1: round_f16(w.w1)?,
+            b1: round_f16(w.b1)?,
+            w2: round_f16(w.w2)?,
+            b2: round_f16(w.b2)?,
+        };
+        Model::assemble(tokenizer, labels, config, w)
+    }
+
+    /// Assemble a model from weights that are f16 values already (rounded, or read from f16 storage).
+    fn assemble(tokenizer: Tokenizer, labels: Vec<Label>, config: ModelConfig, w: Weights) -> Result<Model, String> {
         let vocab = tokenizer.get_vocab_size(false) as u32;
         let unk = tokenizer.token_to_id(UNK_TOKEN).ok_or("the tokenizer has no [UNK] token")?;
         let layout = Layout { vocab, buckets: config.buckets, signal_buckets: config.signal_buckets };
@@ -199,22 +222,20 @@ impl Model {
                 return Err(format!("tensor {name} has {got} values, expected {want}"));
             }
         }
-        let w1 = round_f16(w.w1)?;
-        let w2 = round_f16(w.w2)?;
         Ok(Model {
             tokenizer,
             unk,
             layout,
             labels,
             config,
-            text_emb: round_f16(w.text_emb)?,
-            signal_emb: round_f16(w.signal_emb)?,
-            w1t: transpose(&w1, h, 2 * d),
-            w2t: transpose(&w2, c, h),
-            w1,
-            b1: round_f16(w.b1)?,
-            w2,
-            b2: round_f16(w.b2)?,
+            text_emb: w.text_emb,
+            signal_emb: w.signal_emb,
+            w1t: transpose(&w.w1, h, 2 * d),
+            w2t: transpose(&w.w2, c, h),
+            w1: w.w1,
+            b1: w.b1,
+            w2: w.w2,
+            b2: w.b2,
             memory: Memory::default(),
         })
     }
@@ -234,15 +255,17 @@ impl Model {
         let tokenizer = Tokenizer::from_bytes(read(&tok_path)?).map_err(|e| corrupt(&tok_path, e.to_string()))?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let bytes = read(&weights_path)?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| corrupt(&weights_path, e.to_string()))?;
-        let get = |name: &str| -> Result<Vec<f32>, ModelError> {
-            let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+        // The tensors are read in place from the file's bytes (no intermediate tensors): f16 → f32 is exact,
+        // so the weights are those that `from_parts` rounds to, without rounding them again.
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&weights_path, e.to_string()))?;
+        let view = |name: &str, dtype: Dtype| -> Result<&[u8], ModelError> {
+            let t = tensors.tensor(name).map_err(|_| corrupt(&weights_path, format!("tensor {name} is missing")))?;
+            if t.dtype() != dtype {
+                return Err(corrupt(&weights_path, format!("tensor {name} is {:?}, expected {dtype:?}", t.dtype())));
+            }
+            Ok(t.data())
         };
+        let get = |name: &str| view(name, Dtype::F16).map(f16_to_f32);
         let weights = Weights {
             text_emb: get("text_emb")?,
             signal_emb: get("signal_emb")?,
@@ -256,11 +279,11 @@ impl Model {
                 return Err(corrupt(&weights_path, "non-finite weights"));
             }
         }
-        let mut model = Model::from_parts(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))?;
-        if tensors.contains_key(MEMORY_TENSORS[0]) {
+        let mut model = Model::assemble(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))?;
+        if tensors.names().contains(&MEMORY_TENSORS[0]) {
             let get_u32 = |name: &str| -> Result<Vec<u32>, ModelError> {
-                let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
-                t.to_vec1::<u32>().map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+                let data = view(name, Dtype::U32)?;
+                Ok(data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
             };
             let [rows, offsets, labels] = MEMORY_TENSORS.map(get_u32);
             let memory = Memory::from_raw(rows?, offsets?, labels?).map_err(|e| corrupt(&weights_path, e))?;
