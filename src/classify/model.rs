@@ -10,6 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -104,7 +106,10 @@ pub struct Model {
     layout: Layout,
     labels: Vec<Label>,
     config: ModelConfig,
-    text_emb: Vec<f32>,
+    /// The text embedding table in its stored precision, f16 (exact: the weights are f16 values): the rows a
+    /// text reads are scattered over megabytes, so fetching them from memory is most of the network's time,
+    /// and f16 rows are half the bytes.
+    text_emb: Vec<f16>,
     signal_emb: Vec<f32>,
     w1: Vec<f32>,
     b1: Vec<f32>,
@@ -137,7 +142,7 @@ pub struct Weights {
 pub struct Encoded {
     /// Text features.
     pub features: Vec<Feature>,
-    /// Signal tokens and their rows.
+    /// Signal tokens (empty names unless encoded with names) and their rows.
     pub signals: Vec<(String, u32)>,
 }
 
@@ -165,10 +170,10 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 
 /// Little-endian f16 values → f32 (exact; converted with the CPU's F16C instructions when it has them).
 fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    use half::slice::HalfBitsSliceExt;
     let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     let mut out = vec![0f32; bits.len()];
-    bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut out);
+    bits.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out);
     out
 }
 
@@ -228,7 +233,7 @@ impl Model {
             layout,
             labels,
             config,
-            text_emb: w.text_emb,
+            text_emb: w.text_emb.iter().map(|&v| f16::from_f32(v)).collect(),
             signal_emb: w.signal_emb,
             w1t: transpose(&w.w1, h, 2 * d),
             w2t: transpose(&w.w2, c, h),
@@ -306,8 +311,10 @@ impl Model {
         let (d, h, c) = (self.config.dim, self.config.hidden, self.labels.len());
         let rows = (self.layout.vocab + self.layout.buckets) as usize;
         let mut map = std::collections::HashMap::new();
-        let parts: [(&str, &Vec<f32>, Vec<usize>); 6] = [
-            ("text_emb", &self.text_emb, vec![rows, d]),
+        let text_emb = Tensor::from_slice(self.text_emb.as_slice(), (rows, d), &Device::Cpu)
+            .map_err(|e| write_err(&weights_path, &e))?;
+        map.insert("text_emb".to_string(), text_emb);
+        let parts: [(&str, &Vec<f32>, Vec<usize>); 5] = [
             ("signal_emb", &self.signal_emb, vec![self.layout.signal_buckets as usize, d]),
             ("w1", &self.w1, vec![h, 2 * d]),
             ("b1", &self.b1, vec![h]),
@@ -351,20 +358,22 @@ impl Model {
 
     /// Normalise, tokenise and featurise one input. `names` keeps readable feature names (for explain).
     pub fn encode(&self, text: &str, signals: &Signals, names: bool) -> Encoded {
+        self.encode_with_prior(text, signals, &signals.prior(), names)
+    }
+
+    /// [`Model::encode`] given the reason the status prior names for `signals`.
+    fn encode_with_prior(&self, text: &str, signals: &Signals, prior: &str, names: bool) -> Encoded {
         let norm = normalise(text);
         let mut features = Vec::with_capacity(norm.len());
         let words = words(&norm);
         let ids: Vec<u32> = words.iter().map(|w| self.tokenizer.token_to_id(w).unwrap_or(self.unk)).collect();
         self.layout.text_features(&words, &ids, self.unk, names, &mut features);
-        let signals = signals
-            .tokens()
-            .into_iter()
-            .map(|t| {
-                let row = self.layout.signal_row(&t);
-                (t, row)
-            })
-            .collect();
-        Encoded { features, signals }
+        let mut signal_rows = Vec::with_capacity(10);
+        signals.each_token(prior, |t| {
+            let name = if names { t.to_string() } else { String::new() };
+            signal_rows.push((name, self.layout.signal_row(t)));
+        });
+        Encoded { features, signals: signal_rows }
     }
 
     /// Output logits for encoded input, skipping text feature `skip_feature` / signal `skip_signal` (by name;
@@ -372,14 +381,24 @@ impl Model {
     fn logits(&self, enc: &Encoded, skip_feature: Option<&str>, skip_signal: Option<usize>) -> Vec<f32> {
         let d = self.config.dim;
         let mut x = vec![0f32; 2 * d];
-        let mut n = 0usize;
-        for f in &enc.features {
-            if skip_feature.is_some_and(|s| s == f.name) {
-                continue;
+        let rows: Vec<usize> = enc
+            .features
+            .iter()
+            .filter(|f| skip_feature.is_none_or(|s| s != f.name))
+            .map(|f| f.row as usize)
+            .collect();
+        let n = rows.len();
+        // The rows are converted to f32 a block at a time, then added in feature order (the same sums as
+        // adding each row as it is read). Converting has no dependency from one row to the next, so the CPU
+        // fetches the rows of a block from memory together instead of waiting for each in turn.
+        let mut block = vec![0f32; ROWS_PER_BLOCK.min(n) * d];
+        for chunk in rows.chunks(ROWS_PER_BLOCK) {
+            for (&row, out) in chunk.iter().zip(block.chunks_exact_mut(d)) {
+                self.text_emb[row * d..(row + 1) * d].convert_to_f32_slice(out);
             }
-            let row = &self.text_emb[f.row as usize * d..(f.row as usize + 1) * d];
-            x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            n += 1;
+            for row in block.chunks_exact(d).take(chunk.len()) {
+                x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
         }
         if n > 0 {
             x[..d].iter_mut().for_each(|a| *a /= n as f32);
@@ -442,12 +461,11 @@ impl Model {
     }
 
     /// Add the status prior's log-probabilities, weighted, to the network's logits.
-    fn fuse(&self, logits: &mut [f32], signals: &Signals) {
+    fn fuse(&self, logits: &mut [f32], prior: &Classification) {
         let beta = self.config.prior_weight;
         if beta == 0.0 {
             return;
         }
-        let prior = signals.prior_classification();
         let Some(k) = self.labels.iter().position(|l| l.name == prior.reason) else { return };
         if prior.reason == "onhold" || prior.confidence <= 0.0 {
             return;
@@ -461,20 +479,32 @@ impl Model {
 
     /// Label probabilities for one input, in label order.
     pub fn probabilities(&self, text: &str, signals: &Signals) -> Vec<f32> {
-        let mut logits = self.logits(&self.encode(text, signals, false), None, None);
-        self.fuse(&mut logits, signals);
+        let prior = signals.prior_classification();
+        let mut logits = self.logits(&self.encode_with_prior(text, signals, &prior.reason, false), None, None);
+        self.fuse(&mut logits, &prior);
         softmax(&logits)
     }
 
     /// Classify one input: the most likely label, or `onhold` when its probability is below `min_confidence`.
     /// A close enough match in the nearest-neighbour memory decides before the network.
     pub fn classify(&self, text: &str, signals: &Signals, min_confidence: f32) -> Classification {
-        let enc = self.encode(text, signals, false);
+        self.classify_with_prior(text, signals, &signals.prior_classification(), min_confidence)
+    }
+
+    /// [`Model::classify`] given what the status prior says of `signals` (`signals.prior_classification()`).
+    pub(crate) fn classify_with_prior(
+        &self,
+        text: &str,
+        signals: &Signals,
+        prior: &Classification,
+        min_confidence: f32,
+    ) -> Classification {
+        let enc = self.encode_with_prior(text, signals, &prior.reason, false);
         if let Some(c) = self.recall(&enc) {
             return self.settle(c, signals, min_confidence);
         }
         let mut logits = self.logits(&enc, None, None);
-        self.fuse(&mut logits, signals);
+        self.fuse(&mut logits, prior);
         self.verdict(&softmax(&logits), signals, min_confidence)
     }
 
@@ -514,9 +544,10 @@ impl Model {
     /// Classify and say what weighed most: the `top_n` text features and every signal token, by how much the
     /// winning label's logit drops when each is left out.
     pub fn explain(&self, text: &str, signals: &Signals, min_confidence: f32, top_n: usize) -> Explanation {
-        let enc = self.encode(text, signals, true);
+        let prior = signals.prior_classification();
+        let enc = self.encode_with_prior(text, signals, &prior.reason, true);
         let mut logits = self.logits(&enc, None, None);
-        self.fuse(&mut logits, signals);
+        self.fuse(&mut logits, &prior);
         let probs = softmax(&logits);
         let classification = match self.recall(&enc) {
             Some(c) => self.settle(c, signals, min_confidence),
@@ -541,6 +572,10 @@ impl Model {
         Explanation { classification, features, signals: signals_w, top }
     }
 }
+
+/// Text embedding rows converted per block in [`Model::logits`]: enough to keep many fetches in flight, few
+/// enough that the block stays in the first-level cache.
+const ROWS_PER_BLOCK: usize = 32;
 
 /// Names of the memory's tensors in model.safetensors: rows, offsets, labels (all u32).
 const MEMORY_TENSORS: [&str; 3] = ["mem_rows", "mem_offsets", "mem_labels"];
