@@ -761,6 +761,58 @@ mod tests {
         assert!(shared * 2 > a.len().min(b.len()), "shared {shared} of {} / {}", a.len(), b.len());
     }
 
+    /// `Signals::tokens` as first written: one `format!` per token.
+    fn reference_tokens(s: &Signals) -> Vec<String> {
+        let mut out = vec![format!("kind={}", s.kind.map_or("text", Kind::as_str))];
+        match s.status.as_deref().and_then(status::parse_enhanced) {
+            Some((class, subject, detail)) => {
+                out.push(format!("sc={class}"));
+                out.push(format!("ss={class}.{subject}"));
+                out.push(format!("sd={subject}.{detail}"));
+                out.push(format!("sx={class}.{subject}.{detail}"));
+            }
+            None => out.push("sc=none".to_string()),
+        }
+        match s.reply_code {
+            Some(code) => {
+                out.push(format!("rc={code}"));
+                out.push(format!("rcc={}", code / 100));
+            }
+            None => out.push("rc=none".to_string()),
+        }
+        out.push(format!("act={}", s.action.as_deref().unwrap_or("none")));
+        out.push(format!("cmd={}", s.smtp_command.as_deref().unwrap_or("none")));
+        out.push(format!("prior={}", s.prior()));
+        out
+    }
+
+    #[test]
+    fn signal_tokens_equal_the_first_version() {
+        let kinds = [None, Some(Kind::Dsn), Some(Kind::Bounce), Some(Kind::Arf), Some(Kind::Autoreply)];
+        let statuses = [None, Some("5.1.1"), Some("4.2.2"), Some(" 5.7.26 "), Some("2.0.0"), Some("9.9.9"), Some("x")];
+        let codes = [None, Some(550), Some(452), Some(250), Some(999)];
+        let actions = [None, Some("failed"), Some("delayed"), Some("delivered")];
+        let commands = [None, Some("RCPT"), Some("DATA")];
+        for kind in kinds {
+            for status in statuses {
+                for reply_code in codes {
+                    for action in actions {
+                        for command in commands {
+                            let s = Signals {
+                                kind,
+                                status: status.map(str::to_string),
+                                reply_code,
+                                action: action.map(str::to_string),
+                                smtp_command: command.map(str::to_string),
+                            };
+                            assert_eq!(s.tokens(), reference_tokens(&s), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn signal_tokens_carry_codes_and_prior() {
         let s = Signals { kind: Some(Kind::Dsn), status: Some("5.2.2".into()), reply_code: Some(552), ..Signals::default() };

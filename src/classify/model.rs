@@ -617,6 +617,64 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// `Model::logits` as first written: each text row read as f32 and added as it is read.
+    fn reference_logits(m: &Model, enc: &Encoded, skip_feature: Option<&str>) -> Vec<f32> {
+        let d = m.config.dim;
+        let mut x = vec![0f32; 2 * d];
+        let mut n = 0usize;
+        for f in enc.features.iter().filter(|f| skip_feature != Some(f.name.as_str())) {
+            for (j, a) in x[..d].iter_mut().enumerate() {
+                *a += m.text_emb[f.row as usize * d + j].to_f32();
+            }
+            n += 1;
+        }
+        if n > 0 {
+            x[..d].iter_mut().for_each(|a| *a /= n as f32);
+        }
+        for (_, row) in &enc.signals {
+            let row = &m.signal_emb[*row as usize * d..(*row as usize + 1) * d];
+            x[d..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        if !enc.signals.is_empty() {
+            x[d..].iter_mut().for_each(|a| *a /= enc.signals.len() as f32);
+        }
+        let mut hidden = dense(&m.w1t, &m.b1, &x);
+        hidden.iter_mut().for_each(|v| *v = v.max(0.0));
+        dense(&m.w2t, &m.b2, &hidden)
+    }
+
+    #[test]
+    fn logits_equal_the_row_by_row_sums_on_the_shipped_model() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let model = Model::load(&dir).expect("the shipped model loads");
+        let data = fs::read_to_string(dir.join("corpus/diagnostics.jsonl")).expect("the training corpus is shipped");
+        let signals = Signals {
+            kind: Some(crate::parse::Kind::Bounce),
+            status: Some("5.1.1".into()),
+            reply_code: Some(550),
+            ..Signals::default()
+        };
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let mut checked = 0;
+        for line in data.lines() {
+            let Some(text) = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["text"].as_str().map(str::to_string))
+            else {
+                continue;
+            };
+            // the text as it is, and long enough to fill many blocks of rows (and be cut)
+            for text in [text.clone(), text.repeat(30), String::new()] {
+                let enc = model.encode(&text, &signals, true);
+                assert_eq!(bits(model.logits(&enc, None, None)), bits(reference_logits(&model, &enc, None)), "{text:?}");
+                if let Some(f) = enc.features.first() {
+                    let skip = Some(f.name.as_str());
+                    assert_eq!(bits(model.logits(&enc, skip, None)), bits(reference_logits(&model, &enc, skip)), "{text:?}");
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 100, "only {checked} texts read");
+    }
+
     #[test]
     fn dense_on_transposed_weights_is_bit_for_bit_the_row_major_dot_product() {
         use rand::rngs::StdRng;
