@@ -57,36 +57,50 @@ impl Signals {
     /// The signal tokens fed to the model's signal bag, e.g. `sd=1.1`, `rc=550`, `prior=userunknown`.
     pub fn tokens(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(10);
-        out.push(format!("kind={}", self.kind.map_or("text", Kind::as_str)));
+        self.each_token(&self.prior(), |t| out.push(t.to_string()));
+        out
+    }
+
+    /// Pass each of [`Signals::tokens`] to `each`, in order, given `prior`, the reason the status prior names
+    /// for these signals ([`Signals::prior`]). The tokens are written in turn into one buffer (no allocation
+    /// per token: inference hashes them and drops them).
+    pub fn each_token(&self, prior: &str, mut each: impl FnMut(&str)) {
+        use std::fmt::Write;
+        let mut buf = String::with_capacity(32);
+        // Writing into a String cannot fail.
+        let mut token = |args: std::fmt::Arguments<'_>| {
+            buf.clear();
+            let _ = buf.write_fmt(args);
+            each(&buf);
+        };
+        token(format_args!("kind={}", self.kind.map_or("text", Kind::as_str)));
         match self.status.as_deref().and_then(status::parse_enhanced) {
             Some((class, subject, detail)) => {
-                out.push(format!("sc={class}"));
-                out.push(format!("ss={class}.{subject}"));
-                out.push(format!("sd={subject}.{detail}"));
-                out.push(format!("sx={class}.{subject}.{detail}"));
+                token(format_args!("sc={class}"));
+                token(format_args!("ss={class}.{subject}"));
+                token(format_args!("sd={subject}.{detail}"));
+                token(format_args!("sx={class}.{subject}.{detail}"));
             }
-            None => out.push("sc=none".to_string()),
+            None => token(format_args!("sc=none")),
         }
         match self.reply_code {
             Some(code) => {
-                out.push(format!("rc={code}"));
-                out.push(format!("rcc={}", code / 100));
+                token(format_args!("rc={code}"));
+                token(format_args!("rcc={}", code / 100));
             }
-            None => out.push("rc=none".to_string()),
+            None => token(format_args!("rc=none")),
         }
-        out.push(format!("act={}", self.action.as_deref().unwrap_or("none")));
+        token(format_args!("act={}", self.action.as_deref().unwrap_or("none")));
         let command = self.smtp_command.as_deref().unwrap_or("none");
-        out.push(format!("cmd={command}"));
-        let prior = self.prior();
+        token(format_args!("cmd={command}"));
         // Where the dialogue failed changes what a code means (a "user unknown" 5.1.1 after DATA is a
         // content filter's answer), so the command is also paired with the code and the prior's verdict.
         match self.status.as_deref().and_then(status::parse_enhanced) {
-            Some((class, subject, _)) => out.push(format!("cmd&ss={command}/{class}.{subject}")),
-            None => out.push(format!("cmd&rcc={command}/{}", self.reply_code.map_or(0, |c| c / 100))),
+            Some((class, subject, _)) => token(format_args!("cmd&ss={command}/{class}.{subject}")),
+            None => token(format_args!("cmd&rcc={command}/{}", self.reply_code.map_or(0, |c| c / 100))),
         }
-        out.push(format!("cmd&prior={command}/{prior}"));
-        out.push(format!("prior={prior}"));
-        out
+        token(format_args!("cmd&prior={command}/{prior}"));
+        token(format_args!("prior={prior}"));
     }
 
     /// What the structured-signal prior ([`status::classify`]) says of these signals alone.

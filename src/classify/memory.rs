@@ -9,6 +9,7 @@
 //! answers only when its best match reaches the model's `memory_threshold`; the network decides otherwise.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Share of the signal cosine in the similarity (the text cosine has the rest).
 pub const SIGNAL_SHARE: f32 = 0.25;
@@ -17,6 +18,9 @@ pub const SIGNAL_SHARE: f32 = 0.25;
 const SIGNAL_BIT: u32 = 1 << 31;
 
 /// The memory: stored examples with an inverted index from feature row to the examples that have it.
+///
+/// The index is built on the first [`Memory::recall`], not when the memory is loaded: a model whose
+/// `memory_threshold` is 0 never recalls, and building the index was most of its load time.
 #[derive(Debug, Default)]
 pub struct Memory {
     /// Every entry's rows (text rows, then signal rows with [`SIGNAL_BIT`]), sorted and distinct, concatenated.
@@ -25,8 +29,15 @@ pub struct Memory {
     offsets: Vec<u32>,
     /// Label index of every entry.
     labels: Vec<u32>,
+    /// The inverted index and norms, built on first use.
+    index: OnceLock<Index>,
+}
+
+/// What [`Memory::recall`] searches, derived from the stored entries.
+#[derive(Debug)]
+struct Index {
     /// Row → (entries having it, idf weight).
-    index: HashMap<u32, (Vec<u32>, f32)>,
+    entries: HashMap<u32, (Vec<u32>, f32)>,
     /// Per entry: norm of its text part and of its signal part.
     norms: Vec<(f32, f32)>,
     /// Weight of a row no entry has (the highest idf).
@@ -77,28 +88,36 @@ impl Memory {
         if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().copied() != Some(rows.len() as u32) {
             return Err("memory offsets are not increasing up to the row count".to_string());
         }
-        let n = labels.len();
-        let mut index: HashMap<u32, (Vec<u32>, f32)> = HashMap::new();
-        for e in 0..n {
-            for &r in &rows[offsets[e] as usize..offsets[e + 1] as usize] {
-                index.entry(r).or_default().0.push(e as u32);
-            }
-        }
-        let idf = |df: usize| (1.0 + n as f32 / df as f32).ln();
-        for (entries, w) in index.values_mut() {
-            *w = idf(entries.len());
-        }
-        let norms = (0..n)
-            .map(|e| {
-                let (mut t, mut s) = (0f32, 0f32);
-                for r in &rows[offsets[e] as usize..offsets[e + 1] as usize] {
-                    let w = index[r].1;
-                    if r & SIGNAL_BIT == 0 { t += w * w } else { s += w * w }
+        Ok(Memory { rows, offsets, labels, index: OnceLock::new() })
+    }
+
+    /// The inverted index, built on the first call.
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let (rows, offsets) = (&self.rows, &self.offsets);
+            let n = self.labels.len();
+            let mut entries: HashMap<u32, (Vec<u32>, f32)> = HashMap::new();
+            for e in 0..n {
+                for &r in &rows[offsets[e] as usize..offsets[e + 1] as usize] {
+                    entries.entry(r).or_default().0.push(e as u32);
                 }
-                (t.sqrt(), s.sqrt())
-            })
-            .collect();
-        Ok(Memory { rows, offsets, labels, index, norms, unseen_idf: idf(1) })
+            }
+            let idf = |df: usize| (1.0 + n as f32 / df as f32).ln();
+            for (having, w) in entries.values_mut() {
+                *w = idf(having.len());
+            }
+            let norms = (0..n)
+                .map(|e| {
+                    let (mut t, mut s) = (0f32, 0f32);
+                    for r in &rows[offsets[e] as usize..offsets[e + 1] as usize] {
+                        let w = entries[r].1;
+                        if r & SIGNAL_BIT == 0 { t += w * w } else { s += w * w }
+                    }
+                    (t.sqrt(), s.sqrt())
+                })
+                .collect();
+            Index { entries, norms, unseen_idf: idf(1) }
+        })
     }
 
     /// The stored arrays: rows, offsets, labels.
@@ -121,14 +140,15 @@ impl Memory {
         if self.is_empty() {
             return None;
         }
+        let index = self.index();
         let query = sorted_distinct(text_rows, signal_rows);
         let (mut qt, mut qs) = (0f32, 0f32);
         let mut dot: HashMap<u32, (f32, f32)> = HashMap::new();
         for r in &query {
             let is_signal = r & SIGNAL_BIT != 0;
-            let (entries, w) = match self.index.get(r) {
+            let (entries, w) = match index.entries.get(r) {
                 Some((entries, w)) => (entries.as_slice(), *w),
-                None => (&[][..], self.unseen_idf),
+                None => (&[][..], index.unseen_idf),
             };
             let w2 = w * w;
             if is_signal { qs += w2 } else { qt += w2 }
@@ -142,7 +162,7 @@ impl Memory {
         let mut scored: Vec<(u32, f32)> = dot
             .into_iter()
             .map(|(e, (t, s))| {
-                let (nt, ns) = self.norms[e as usize];
+                let (nt, ns) = index.norms[e as usize];
                 (e, (1.0 - SIGNAL_SHARE) * cos(t, qt, nt) + SIGNAL_SHARE * cos(s, qs, ns))
             })
             .collect();

@@ -117,18 +117,12 @@ pub fn classify_recipient(
 /// Classify a text with its signals: non-failures by the signals, failures by `model` when given, else by
 /// the status prior.
 pub fn classify_signals(text: &str, signals: &Signals, model: Option<(&Model, f32)>) -> Classification {
-    let recipient = crate::parse::Recipient {
-        status: signals.status.clone(),
-        reply_code: signals.reply_code,
-        action: signals.action.clone(),
-        ..crate::parse::Recipient::default()
-    };
-    let prior = status::classify(signals.kind.unwrap_or(crate::parse::Kind::Bounce), &recipient);
+    let prior = signals.prior_classification();
     if prior.confidence >= 1.0 {
         return prior;
     }
     match model {
-        Some((m, min_confidence)) => m.classify(text, signals, min_confidence),
+        Some((m, min_confidence)) => m.classify_with_prior(text, signals, &prior, min_confidence),
         None => prior,
     }
 }

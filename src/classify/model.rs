@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -81,12 +82,12 @@ pub struct PriorOffsets {
 }
 
 impl PriorOffsets {
-    /// The offsets for `signals` with weight `beta`; `None` when β is 0 or the prior does not decide.
-    pub fn of(labels: &[Label], beta: f32, signals: &Signals) -> Option<PriorOffsets> {
+    /// The offsets for what the status prior says of an input (`signals.prior_classification()`), with
+    /// weight `beta`; `None` when β is 0 or the prior does not decide.
+    pub fn of(labels: &[Label], beta: f32, prior: &Classification) -> Option<PriorOffsets> {
         if beta == 0.0 {
             return None;
         }
-        let prior = signals.prior_classification();
         if prior.reason == "onhold" || prior.confidence <= 0.0 {
             return None;
         }
@@ -174,7 +175,7 @@ pub struct Weights {
 pub struct Encoded {
     /// Text features.
     pub features: Vec<Feature>,
-    /// Signal tokens and their rows.
+    /// Signal tokens (empty names unless encoded with names) and their rows.
     pub signals: Vec<(String, u32)>,
 }
 
@@ -200,6 +201,16 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
     fs::read(path).map_err(|source| ModelError::Read { path: path.to_path_buf(), source })
 }
 
+/// Little-endian f16 values → f32 (exact; converted with the CPU's F16C instructions when it has them).
+fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
+    use half::f16;
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let mut out = vec![0f32; bits.len()];
+    bits.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out);
+    out
+}
+
 /// Round weights through f16 (the stored precision), so the model in memory equals the one on disk.
 fn round_f16(v: Vec<f32>) -> Result<Vec<f32>, String> {
     let n = v.len();
@@ -219,6 +230,19 @@ impl Model {
         config: ModelConfig,
         w: Weights,
     ) -> Result<Model, String> {
+        let w = Weights {
+            text_emb: round_f16(w.text_emb)?,
+            signal_emb: round_f16(w.signal_emb)?,
+            w1: round_f16(w.w1)?,
+            b1: round_f16(w.b1)?,
+            w2: round_f16(w.w2)?,
+            b2: round_f16(w.b2)?,
+        };
+        Model::assemble(tokenizer, labels, config, w)
+    }
+
+    /// Assemble a model from weights that are f16 values already (rounded, or read from f16 storage).
+    fn assemble(tokenizer: Tokenizer, labels: Vec<Label>, config: ModelConfig, w: Weights) -> Result<Model, String> {
         let vocab = tokenizer.get_vocab_size(false) as u32;
         let unk = tokenizer.token_to_id(UNK_TOKEN).ok_or("the tokenizer has no [UNK] token")?;
         let layout = Layout { vocab, buckets: config.buckets, signal_buckets: config.signal_buckets };
@@ -237,22 +261,20 @@ impl Model {
                 return Err(format!("tensor {name} has {got} values, expected {want}"));
             }
         }
-        let w1 = round_f16(w.w1)?;
-        let w2 = round_f16(w.w2)?;
         Ok(Model {
             tokenizer,
             unk,
             layout,
             labels,
             config,
-            text_emb: round_f16(w.text_emb)?,
-            signal_emb: round_f16(w.signal_emb)?,
-            w1t: transpose(&w1, h, 2 * d),
-            w2t: transpose(&w2, c, h),
-            w1,
-            b1: round_f16(w.b1)?,
-            w2,
-            b2: round_f16(w.b2)?,
+            text_emb: w.text_emb,
+            signal_emb: w.signal_emb,
+            w1t: transpose(&w.w1, h, 2 * d),
+            w2t: transpose(&w.w2, c, h),
+            w1: w.w1,
+            b1: w.b1,
+            w2: w.w2,
+            b2: w.b2,
             memory: Memory::default(),
         })
     }
@@ -272,15 +294,17 @@ impl Model {
         let tokenizer = Tokenizer::from_bytes(read(&tok_path)?).map_err(|e| corrupt(&tok_path, e.to_string()))?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let bytes = read(&weights_path)?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| corrupt(&weights_path, e.to_string()))?;
-        let get = |name: &str| -> Result<Vec<f32>, ModelError> {
-            let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+        // The tensors are read in place from the file's bytes (no intermediate tensors): f16 → f32 is exact,
+        // so the weights are those that `from_parts` rounds to, without rounding them again.
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&weights_path, e.to_string()))?;
+        let view = |name: &str, dtype: Dtype| -> Result<&[u8], ModelError> {
+            let t = tensors.tensor(name).map_err(|_| corrupt(&weights_path, format!("tensor {name} is missing")))?;
+            if t.dtype() != dtype {
+                return Err(corrupt(&weights_path, format!("tensor {name} is {:?}, expected {dtype:?}", t.dtype())));
+            }
+            Ok(t.data())
         };
+        let get = |name: &str| view(name, Dtype::F16).map(f16_to_f32);
         let weights = Weights {
             text_emb: get("text_emb")?,
             signal_emb: get("signal_emb")?,
@@ -294,11 +318,11 @@ impl Model {
                 return Err(corrupt(&weights_path, "non-finite weights"));
             }
         }
-        let mut model = Model::from_parts(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))?;
-        if tensors.contains_key(MEMORY_TENSORS[0]) {
+        let mut model = Model::assemble(tokenizer, labels, config, weights).map_err(|e| corrupt(&weights_path, e))?;
+        if tensors.names().contains(&MEMORY_TENSORS[0]) {
             let get_u32 = |name: &str| -> Result<Vec<u32>, ModelError> {
-                let t = tensors.get(name).ok_or_else(|| corrupt(&weights_path, format!("tensor {name} is missing")))?;
-                t.to_vec1::<u32>().map_err(|e| corrupt(&weights_path, format!("tensor {name}: {e}")))
+                let data = view(name, Dtype::U32)?;
+                Ok(data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
             };
             let [rows, offsets, labels] = MEMORY_TENSORS.map(get_u32);
             let memory = Memory::from_raw(rows?, offsets?, labels?).map_err(|e| corrupt(&weights_path, e))?;
@@ -366,20 +390,22 @@ impl Model {
 
     /// Normalise, tokenise and featurise one input. `names` keeps readable feature names (for explain).
     pub fn encode(&self, text: &str, signals: &Signals, names: bool) -> Encoded {
+        self.encode_with_prior(text, signals, &signals.prior(), names)
+    }
+
+    /// [`Model::encode`] given the reason the status prior names for `signals`.
+    fn encode_with_prior(&self, text: &str, signals: &Signals, prior: &str, names: bool) -> Encoded {
         let norm = normalise(text);
         let mut features = Vec::with_capacity(norm.len());
         let words = words(&norm);
         let ids: Vec<u32> = words.iter().map(|w| self.tokenizer.token_to_id(w).unwrap_or(self.unk)).collect();
         self.layout.text_features(&words, &ids, self.unk, names, &mut features);
-        let signals = signals
-            .tokens()
-            .into_iter()
-            .map(|t| {
-                let row = self.layout.signal_row(&t);
-                (t, row)
-            })
-            .collect();
-        Encoded { features, signals }
+        let mut signal_rows = Vec::with_capacity(10);
+        signals.each_token(prior, |t| {
+            let name = if names { t.to_string() } else { String::new() };
+            signal_rows.push((name, self.layout.signal_row(t)));
+        });
+        Encoded { features, signals: signal_rows }
     }
 
     /// Output logits for encoded input, skipping text feature `skip_feature` / signal `skip_signal` (by name;
@@ -387,14 +413,26 @@ impl Model {
     fn logits(&self, enc: &Encoded, skip_feature: Option<&str>, skip_signal: Option<usize>) -> Vec<f32> {
         let d = self.config.dim;
         let mut x = vec![0f32; 2 * d];
-        let mut n = 0usize;
-        for f in &enc.features {
-            if skip_feature.is_some_and(|s| s == f.name) {
-                continue;
+        let rows: Vec<usize> = enc
+            .features
+            .iter()
+            .filter(|f| skip_feature.is_none_or(|s| s != f.name))
+            .map(|f| f.row as usize)
+            .collect();
+        let n = rows.len();
+        // The rows are scattered over megabytes, so reading them is mostly cache misses. They are copied a block
+        // at a time into a small buffer, then added in feature order (the same sums as adding each row as it is
+        // read): the copies have no dependency from one row to the next, so the CPU fetches the rows of a block
+        // together instead of waiting for each in turn (3-4x faster than row by row in a micro-benchmark of
+        // 241 scattered rows a text, the shared corpus's mean).
+        let mut block = vec![0f32; ROWS_PER_BLOCK.min(n) * d];
+        for chunk in rows.chunks(ROWS_PER_BLOCK) {
+            for (&row, out) in chunk.iter().zip(block.chunks_exact_mut(d)) {
+                out.copy_from_slice(&self.text_emb[row * d..(row + 1) * d]);
             }
-            let row = &self.text_emb[f.row as usize * d..(f.row as usize + 1) * d];
-            x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            n += 1;
+            for row in block.chunks_exact(d).take(chunk.len()) {
+                x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
         }
         if n > 0 {
             x[..d].iter_mut().for_each(|a| *a /= n as f32);
@@ -457,28 +495,40 @@ impl Model {
     }
 
     /// Add the status prior's log-probabilities, weighted, to the network's logits.
-    fn fuse(&self, logits: &mut [f32], signals: &Signals) {
-        if let Some(offsets) = PriorOffsets::of(&self.labels, self.config.prior_weight, signals) {
+    fn fuse(&self, logits: &mut [f32], prior: &Classification) {
+        if let Some(offsets) = PriorOffsets::of(&self.labels, self.config.prior_weight, prior) {
             offsets.add_to(logits);
         }
     }
 
     /// Label probabilities for one input, in label order.
     pub fn probabilities(&self, text: &str, signals: &Signals) -> Vec<f32> {
-        let mut logits = self.logits(&self.encode(text, signals, false), None, None);
-        self.fuse(&mut logits, signals);
+        let prior = signals.prior_classification();
+        let mut logits = self.logits(&self.encode_with_prior(text, signals, &prior.reason, false), None, None);
+        self.fuse(&mut logits, &prior);
         softmax(&logits)
     }
 
     /// Classify one input: the most likely label, or `onhold` when its probability is below `min_confidence`.
     /// A close enough match in the nearest-neighbour memory decides before the network.
     pub fn classify(&self, text: &str, signals: &Signals, min_confidence: f32) -> Classification {
-        let enc = self.encode(text, signals, false);
+        self.classify_with_prior(text, signals, &signals.prior_classification(), min_confidence)
+    }
+
+    /// [`Model::classify`] given what the status prior says of `signals` (`signals.prior_classification()`).
+    pub(crate) fn classify_with_prior(
+        &self,
+        text: &str,
+        signals: &Signals,
+        prior: &Classification,
+        min_confidence: f32,
+    ) -> Classification {
+        let enc = self.encode_with_prior(text, signals, &prior.reason, false);
         if let Some(c) = self.recall(&enc) {
             return self.settle(c, signals, min_confidence);
         }
         let mut logits = self.logits(&enc, None, None);
-        self.fuse(&mut logits, signals);
+        self.fuse(&mut logits, prior);
         self.verdict(&softmax(&logits), signals, min_confidence)
     }
 
@@ -518,9 +568,10 @@ impl Model {
     /// Classify and say what weighed most: the `top_n` text features and every signal token, by how much the
     /// winning label's logit drops when each is left out.
     pub fn explain(&self, text: &str, signals: &Signals, min_confidence: f32, top_n: usize) -> Explanation {
-        let enc = self.encode(text, signals, true);
+        let prior = signals.prior_classification();
+        let enc = self.encode_with_prior(text, signals, &prior.reason, true);
         let mut logits = self.logits(&enc, None, None);
-        self.fuse(&mut logits, signals);
+        self.fuse(&mut logits, &prior);
         let probs = softmax(&logits);
         let classification = match self.recall(&enc) {
             Some(c) => self.settle(c, signals, min_confidence),
@@ -545,6 +596,10 @@ impl Model {
         Explanation { classification, features, signals: signals_w, top }
     }
 }
+
+/// Text embedding rows copied per block in [`Model::logits`]: enough to keep many fetches in flight, few
+/// enough that the block stays in the first-level cache.
+const ROWS_PER_BLOCK: usize = 32;
 
 /// Names of the memory's tensors in model.safetensors: rows, offsets, labels (all u32).
 const MEMORY_TENSORS: [&str; 3] = ["mem_rows", "mem_offsets", "mem_labels"];
@@ -586,20 +641,78 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// `Model::logits` as first written: each text row added as it is read.
+    fn reference_logits(m: &Model, enc: &Encoded, skip_feature: Option<&str>) -> Vec<f32> {
+        let d = m.config.dim;
+        let mut x = vec![0f32; 2 * d];
+        let mut n = 0usize;
+        for f in enc.features.iter().filter(|f| skip_feature != Some(f.name.as_str())) {
+            for (j, a) in x[..d].iter_mut().enumerate() {
+                *a += m.text_emb[f.row as usize * d + j];
+            }
+            n += 1;
+        }
+        if n > 0 {
+            x[..d].iter_mut().for_each(|a| *a /= n as f32);
+        }
+        for (_, row) in &enc.signals {
+            let row = &m.signal_emb[*row as usize * d..(*row as usize + 1) * d];
+            x[d..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+        if !enc.signals.is_empty() {
+            x[d..].iter_mut().for_each(|a| *a /= enc.signals.len() as f32);
+        }
+        let mut hidden = dense(&m.w1t, &m.b1, &x);
+        hidden.iter_mut().for_each(|v| *v = v.max(0.0));
+        dense(&m.w2t, &m.b2, &hidden)
+    }
+
+    #[test]
+    fn logits_equal_the_row_by_row_sums_on_the_shipped_model() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let model = Model::load(&dir).expect("the shipped model loads");
+        let data = fs::read_to_string(dir.join("corpus/diagnostics.jsonl")).expect("the training corpus is shipped");
+        let signals = Signals {
+            kind: Some(crate::parse::Kind::Bounce),
+            status: Some("5.1.1".into()),
+            reply_code: Some(550),
+            ..Signals::default()
+        };
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let mut checked = 0;
+        for line in data.lines() {
+            let Some(text) = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["text"].as_str().map(str::to_string))
+            else {
+                continue;
+            };
+            // the text as it is, and long enough to fill many blocks of rows (and be cut)
+            for text in [text.clone(), text.repeat(30), String::new()] {
+                let enc = model.encode(&text, &signals, true);
+                assert_eq!(bits(model.logits(&enc, None, None)), bits(reference_logits(&model, &enc, None)), "{text:?}");
+                if let Some(f) = enc.features.first() {
+                    let skip = Some(f.name.as_str());
+                    assert_eq!(bits(model.logits(&enc, skip, None)), bits(reference_logits(&model, &enc, skip)), "{text:?}");
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 100, "only {checked} texts read");
+    }
+
     #[test]
     fn prior_offsets_favour_the_prior_reason_and_vanish_when_it_does_not_decide() {
         let labels = super::super::train::label_set(&[]);
         let full = Signals { status: Some("5.2.2".into()), ..Signals::default() };
-        let o = PriorOffsets::of(&labels, 0.5, &full).expect("5.2.2 decides");
+        let o = PriorOffsets::of(&labels, 0.5, &full.prior_classification()).expect("5.2.2 decides");
         assert_eq!(labels[o.label].name, "mailboxfull");
         assert!(o.on > o.off);
         assert!((o.on - 0.5 * 0.9f32.ln()).abs() < 1e-6);
         let mut logits = vec![0.0; labels.len()];
         o.add_to(&mut logits);
         assert_eq!(logits.iter().filter(|&&l| l == o.on).count(), 1);
-        assert_eq!(PriorOffsets::of(&labels, 0.0, &full), None, "weight 0");
+        assert_eq!(PriorOffsets::of(&labels, 0.0, &full.prior_classification()), None, "weight 0");
         let vague = Signals { status: Some("5.0.0".into()), ..Signals::default() };
-        assert_eq!(PriorOffsets::of(&labels, 0.5, &vague), None, "5.0.0 does not decide");
+        assert_eq!(PriorOffsets::of(&labels, 0.5, &vague.prior_classification()), None, "5.0.0 does not decide");
     }
 
     #[test]

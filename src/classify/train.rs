@@ -242,7 +242,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         prepared.push(Prepared {
             text_rows: feats.into_iter().map(|f| f.row).collect(),
             signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
-            prior: PriorOffsets::of(&labels, cfg.prior_weight, signals),
+            prior: PriorOffsets::of(&labels, cfg.prior_weight, &signals.prior_classification()),
             label: *label,
             original,
         });
