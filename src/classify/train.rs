@@ -10,7 +10,7 @@
 //! the text and its status and reply code removed from the signals, so the model does not lean on codes a text
 //! may lack, and every batch drops 10% of the text features at random (feature dropout). With
 //! [`Augment::copies`] > 0, every epoch also sees fresh noisy copies of every example ([`augment_text`]):
-//! phrases swapped for others of a training-only [`THESAURUS`] group, words dropped, letters swapped, dropped,
+//! phrases swapped for others of a training-only `THESAURUS` group, words dropped, letters swapped, dropped,
 //! doubled or replaced, codes stripped from half of them — so a paraphrase or a typo it was never shown moves
 //! the prediction less.
 
@@ -86,7 +86,7 @@ pub struct TrainConfig {
 pub struct Augment {
     /// Noisy copies of every example per epoch, drawn afresh each epoch (0 = no augmentation).
     pub copies: usize,
-    /// Probability of replacing a [`THESAURUS`] phrase found in the text by another member of its group.
+    /// Probability of replacing a `THESAURUS` phrase found in the text by another member of its group.
     pub synonym: f32,
     /// Probability of one letter edit (swap with the next, drop, double, replace) in a word of four letters
     /// or more.
@@ -173,7 +173,7 @@ fn letter_edit(word: &str, rng: &mut StdRng) -> String {
 }
 
 /// A noisy copy of a diagnostic text for training, deterministic for `rng`: lowercased (the features are
-/// case-blind), each [`THESAURUS`] phrase it contains replaced with probability `aug.synonym` by another member
+/// case-blind), each `THESAURUS` phrase it contains replaced with probability `aug.synonym` by another member
 /// of its group, each word dropped with probability `aug.word_dropout` (one word stays), and each remaining word
 /// of four letters or more given one letter edit with probability `aug.typo`.
 pub fn augment_text(text: &str, aug: &Augment, rng: &mut StdRng) -> String {
