@@ -13,8 +13,9 @@
 //! normalizer and pre-tokenizer in `models/tokenizer.json` declare, done here in one pass because the
 //! tokenizers crate's general `encode` costs ~0.3 ms a text — and the tokenizer's word-level vocabulary maps
 //! the words to ids. Features of one text: its known words, hashed word bigrams, hashed character
-//! 3- to 5-grams of every word (so "mail box", "mailbox" and "mial box" share most features) and the 4-grams
-//! that span two adjacent words.
+//! 3- to 5-grams of every word (so "mail box", "mailbox" and "mial box" share most features), the 4-grams
+//! that span two adjacent words, and a word's letters in sorted order when it has four or more (an anagram
+//! key: "mailbox" and the transposition typo "mialbox" share it, where a swap breaks most character grams).
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -374,6 +375,9 @@ pub fn strip_codes(text: &str) -> String {
     stripped.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Words of at least this many letters also give their anagram key (sorted letters) as a feature.
+const ANAGRAM_MIN_LETTERS: usize = 4;
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
@@ -442,6 +446,9 @@ impl Layout {
         let mut bounds: Vec<usize> = Vec::new();
         let mut junction = String::new();
         let mut junction_bounds: Vec<usize> = Vec::new();
+        let anagram_prefix = fnv_part(FNV_OFFSET, b"a");
+        let mut letters: Vec<char> = Vec::new();
+        let mut sorted = String::new();
         let char_bounds = |s: &str, bounds: &mut Vec<usize>| {
             bounds.clear();
             bounds.extend(s.char_indices().map(|(b, _)| b));
@@ -476,6 +483,16 @@ impl Layout {
                 for k in 0..=chars - n {
                     gram(&marked[bounds[k]..bounds[k + n]], out);
                 }
+            }
+            if chars - 2 >= ANAGRAM_MIN_LETTERS {
+                letters.clear();
+                letters.extend(word.chars());
+                letters.sort_unstable();
+                sorted.clear();
+                sorted.extend(letters.iter());
+                let row = self.row_of(fnv_part(anagram_prefix, sorted.as_bytes()));
+                let name = if names { format!("a:{sorted}") } else { String::new() };
+                out.push(Feature { row, name });
             }
             if let Some(next) = next.filter(|w| alphabetic(w)) {
                 // the 4-grams that span the junction of two words (the others are in-word grams already):
@@ -690,6 +707,13 @@ mod tests {
                     gram(g, out);
                 }
             }
+            if chars.len() - 2 >= ANAGRAM_MIN_LETTERS {
+                let mut letters: Vec<char> = word.chars().collect();
+                letters.sort_unstable();
+                let sorted: String = letters.into_iter().collect();
+                let row = layout.row_of(fnv1a(&[b"a", sorted.as_bytes()]));
+                out.push(Feature { row, name: format!("a:{sorted}") });
+            }
             if let Some(next) = next.filter(|w| w.chars().all(char::is_alphabetic)) {
                 let left = &chars[1..chars.len() - 1];
                 let tail = &left[left.len().saturating_sub(3)..];
@@ -767,6 +791,20 @@ mod tests {
         let b = feats(&["mail", "box", "full"]);
         let shared = a.intersection(&b).count();
         assert!(shared * 2 > a.len().min(b.len()), "shared {shared} of {} / {}", a.len(), b.len());
+    }
+
+    #[test]
+    fn a_letter_swap_keeps_the_anagram_key() {
+        let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
+        let named = |w: &str| {
+            let mut out = Vec::new();
+            layout.text_features(&[w.to_string()], &[0], 0, true, &mut out);
+            out.into_iter().filter(|f| f.name.starts_with("a:")).map(|f| (f.row, f.name)).collect::<Vec<_>>()
+        };
+        assert_eq!(named("mailbox"), named("mialbox"));
+        assert_eq!(named("mailbox")[0].1, "a:abilmox");
+        assert_ne!(named("mailbox"), named("maibox"));
+        assert!(named("full").len() == 1 && named("box").is_empty());
     }
 
     #[test]

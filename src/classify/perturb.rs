@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use super::features::strip_codes;
 
 /// Phrase substitutions (lowercase source → alternatives). Applied where the source occurs.
-const PHRASES: &[(&str, &[&str])] = &[
+pub(crate) const PHRASES: &[(&str, &[&str])] = &[
     ("does not exist", &["doesn't exist", "is not present", "cannot be found", "is nonexistent"]),
     ("doesn't exist", &["does not exist", "is not present"]),
     ("user unknown", &["unknown user", "recipient not known", "no such user"]),

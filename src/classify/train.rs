@@ -6,9 +6,13 @@
 //! update to those rows only — the same arithmetic as dense Adam on the rows that have a gradient, without
 //! touching the rest of the table.
 //!
-//! Augmentation (deterministic): every example is also seen with its status codes stripped from the text and
-//! its status and reply code removed from the signals, so the model does not lean on codes a text may lack,
-//! and every batch drops 10% of the text features at random (feature dropout).
+//! Augmentation (deterministic for the seed): every example is also seen with its status codes stripped from
+//! the text and its status and reply code removed from the signals, so the model does not lean on codes a text
+//! may lack, and every batch drops 10% of the text features at random (feature dropout). With
+//! [`Augment::copies`] > 0, every epoch also sees fresh noisy copies of every example ([`augment_text`]):
+//! phrases swapped for others of a training-only `THESAURUS` group, words dropped, letters swapped, dropped,
+//! doubled or replaced, codes stripped from half of them — so a paraphrase or a typo it was never shown moves
+//! the prediction less.
 //!
 //! The status prior's offsets (see [`PriorOffsets`]) are added to the logits in training as at inference.
 
@@ -74,6 +78,134 @@ pub struct TrainConfig {
     /// Similarity from which the nearest-neighbour memory of the training texts decides (stored in
     /// config.json; 0 = the network always decides).
     pub memory_threshold: f32,
+    /// Noisy copies of the examples seen in every epoch.
+    pub augment: Augment,
+}
+
+/// The training-time text augmentation: how many noisy copies of every example an epoch adds, and how noisy
+/// they are (see [`augment_text`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// Noisy copies of every example per epoch, drawn afresh each epoch (0 = no augmentation).
+    pub copies: usize,
+    /// Probability of replacing a `THESAURUS` phrase found in the text by another member of its group.
+    pub synonym: f32,
+    /// Probability of one letter edit (swap with the next, drop, double, replace) in a word of four letters
+    /// or more.
+    pub typo: f32,
+    /// Probability of dropping a word (a text keeps at least one).
+    pub word_dropout: f32,
+    /// Probability that a copy keeps its status and reply codes; otherwise they are stripped from its text and
+    /// signals.
+    pub keep_codes: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment { copies: 1, synonym: 0.5, typo: 0.15, word_dropout: 0.1, keep_codes: 0.5 }
+    }
+}
+
+/// Training-only paraphrase groups: phrases (lowercase) that real bounce texts use interchangeably for the same
+/// fault. An augmented copy may replace a member it contains by another member of its group.
+///
+/// Written for training and kept apart from the evaluation's table (`perturb::PHRASES`): no group holds two
+/// members of which one contains a phrase of that table and the other one of its alternatives (tested), so the
+/// perturbed evaluation measures how the model carries wording it was never taught to equate.
+const THESAURUS: &[&[&str]] = &[
+    &["user unknown", "invalid recipient", "recipient unknown", "no such recipient", "invalid user", "no such account",
+      "unknown local part", "bad destination mailbox address", "recipient invalid"],
+    &["does not exist", "no longer exists", "is not valid", "is invalid", "is not a valid user", "is not recognized"],
+    &["not found", "unavailable", "not listed", "unknown here"],
+    &["mailbox", "mail account", "mail folder", "maildrop", "email account"],
+    &["is full", "is over quota", "has run out of space", "is out of storage", "has exceeded its storage limit",
+      "has reached its size limit", "is overfull"],
+    &["quota exceeded", "over the quota", "quota full", "exceeds its quota", "quota limit reached"],
+    &["disabled", "inactive", "locked", "frozen", "closed"],
+    &["rejected", "not accepted", "turned away", "bounced"],
+    &["blocked", "banned", "denylisted", "listed on a blocklist"],
+    &["spam", "bulk mail", "spam-like content", "unwanted mail", "spammy"],
+    &["virus", "infected attachment", "trojan", "worm", "virus-infected content"],
+    &["timed out", "no response", "did not respond in time", "was too slow to respond"],
+    &["expired", "gave up", "could not be delivered in time", "delivery time limit reached"],
+    &["too large", "exceeds the size limit", "over the size limit", "bigger than allowed"],
+    &["too many connections", "connection rate limit reached", "connection limit exceeded"],
+    &["try again later", "retry in a while", "please resend later"],
+    &["relay access denied", "unable to relay", "relay not permitted"],
+    &["host not found", "domain not found", "no mx record", "unknown domain", "name does not resolve"],
+    &["not allowed", "prohibited", "not authorized", "disallowed"],
+];
+
+/// Whether `s[at..at + len]` is a whole-word occurrence (no letter or digit right before or after it).
+fn word_bounded(s: &str, at: usize, len: usize) -> bool {
+    let before = s[..at].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+    let after = s[at + len..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+    before && after
+}
+
+/// Byte offset of the first whole-word occurrence of `phrase` in `s`.
+fn find_phrase(s: &str, phrase: &str) -> Option<usize> {
+    s.match_indices(phrase).map(|(at, _)| at).find(|&at| word_bounded(s, at, phrase.len()))
+}
+
+/// One random letter edit of `word` at a letter: swap it with the next letter, drop it, double it or replace
+/// it by another letter a–z.
+fn letter_edit(word: &str, rng: &mut StdRng) -> String {
+    let mut chars: Vec<char> = word.chars().collect();
+    let letters: Vec<usize> = (0..chars.len()).filter(|&i| chars[i].is_alphabetic()).collect();
+    let Some(&i) = letters.choose(rng) else { return word.to_string() };
+    match rng.gen_range(0..4) {
+        0 if i + 1 < chars.len() && chars[i + 1].is_alphabetic() => chars.swap(i, i + 1),
+        0 if i > 0 && chars[i - 1].is_alphabetic() => chars.swap(i - 1, i),
+        1 => {
+            chars.remove(i);
+        }
+        2 => chars.insert(i, chars[i]),
+        _ => {
+            let other = loop {
+                let c = char::from(b'a' + rng.gen_range(0..26u8));
+                if c != chars[i] {
+                    break c;
+                }
+            };
+            chars[i] = other;
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// A noisy copy of a diagnostic text for training, deterministic for `rng`: lowercased (the features are
+/// case-blind), each `THESAURUS` phrase it contains replaced with probability `aug.synonym` by another member
+/// of its group, each word dropped with probability `aug.word_dropout` (one word stays), and each remaining word
+/// of four letters or more given one letter edit with probability `aug.typo`.
+pub fn augment_text(text: &str, aug: &Augment, rng: &mut StdRng) -> String {
+    let mut s = text.to_lowercase();
+    for group in THESAURUS {
+        for (k, member) in group.iter().enumerate() {
+            let Some(at) = find_phrase(&s, member) else { continue };
+            if rng.r#gen::<f32>() < aug.synonym {
+                let pick = rng.gen_range(0..group.len() - 1);
+                let other = group[if pick >= k { pick + 1 } else { pick }];
+                s.replace_range(at..at + member.len(), other);
+                break;
+            }
+        }
+    }
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let keep = rng.gen_range(0..words.len().max(1));
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    for (i, w) in words.iter().enumerate() {
+        if i != keep && rng.r#gen::<f32>() < aug.word_dropout {
+            continue;
+        }
+        let letters = w.chars().filter(|c| c.is_alphabetic()).count();
+        if letters >= 4 && rng.r#gen::<f32>() < aug.typo {
+            out.push(letter_edit(w, rng));
+        } else {
+            out.push((*w).to_string());
+        }
+    }
+    out.join(" ")
 }
 
 impl Default for TrainConfig {
@@ -93,6 +225,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.1,
             prior_weight: 0.5,
             memory_threshold: 0.0,
+            augment: Augment::default(),
         }
     }
 }
@@ -233,20 +366,43 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let vocab = tokenizer.get_vocab_size(false) as u32;
     let unk = tokenizer.token_to_id(UNK_TOKEN).unwrap_or(0);
     let layout = Layout { vocab, buckets: cfg.buckets, signal_buckets: cfg.signal_buckets };
-    let mut prepared = Vec::with_capacity(inputs.len());
-    for ((text, signals, label), &original) in inputs.iter().zip(&original) {
+    let prepare = |text: &str, signals: &Signals, label: usize, original: bool| {
         let mut feats = Vec::new();
         let ws = words(text);
         let ids: Vec<u32> = ws.iter().map(|w| tokenizer.token_to_id(w).unwrap_or(unk)).collect();
         layout.text_features(&ws, &ids, unk, false, &mut feats);
-        prepared.push(Prepared {
+        Prepared {
             text_rows: feats.into_iter().map(|f| f.row).collect(),
             signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
             prior: PriorOffsets::of(&labels, cfg.prior_weight, &signals.prior_classification()),
-            label: *label,
+            label,
             original,
-        });
-    }
+        }
+    };
+    let prepared: Vec<Prepared> = inputs
+        .iter()
+        .zip(&original)
+        .map(|((text, signals, label), &original)| prepare(text, signals, *label, original))
+        .collect();
+    // The noisy copies of an epoch, from their own generator so that the rest of training draws the same
+    // numbers with augmentation on or off.
+    let mut augment_rng = StdRng::seed_from_u64(cfg.seed ^ 0xA06_3E47);
+    let augmented = |rng: &mut StdRng| -> Vec<Prepared> {
+        let mut out = Vec::with_capacity(examples.len() * cfg.augment.copies);
+        for ex in examples {
+            for _ in 0..cfg.augment.copies {
+                let mut signals = ex.signals.clone();
+                let mut text = augment_text(&ex.text, &cfg.augment, rng);
+                if rng.r#gen::<f32>() >= cfg.augment.keep_codes {
+                    text = strip_codes(&text);
+                    signals.status = None;
+                    signals.reply_code = None;
+                }
+                out.push(prepare(&normalise(&text), &signals, index[ex.label.as_str()], false));
+            }
+        }
+        out
+    };
 
     // Class weights over the examples actually present.
     let present = counts.iter().filter(|&&c| c > 0).count().max(1) as f32;
@@ -272,9 +428,10 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let params = ParamsAdamW { lr: cfg.lr, weight_decay: 1e-4, ..ParamsAdamW::default() };
     let mut opt = AdamW::new(vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()], params)?;
 
-    let mut order: Vec<usize> = (0..prepared.len()).collect();
+    let mut order: Vec<usize> = (0..prepared.len() + examples.len() * cfg.augment.copies).collect();
     let mut step = 0u64;
     for _epoch in 0..cfg.epochs {
+        let noisy = augmented(&mut augment_rng);
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch) {
             step += 1;
@@ -284,7 +441,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             let mut offsets = vec![0f32; batch.len() * labels.len()];
             let mut weights = Vec::with_capacity(batch.len());
             for (b, &i) in batch.iter().enumerate() {
-                let p = &prepared[i];
+                let p = prepared.get(i).unwrap_or_else(|| &noisy[i - prepared.len()]);
                 for &r in &p.text_rows {
                     if rng.r#gen::<f32>() >= cfg.feature_dropout {
                         text_bag.add(b, r);
@@ -431,5 +588,121 @@ impl SparseTable {
                 self.values[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + eps);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Optimal-string-alignment distance (edits: insert, delete, replace, swap of two neighbours).
+    fn osa_distance(a: &str, b: &str) -> usize {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+                }
+            }
+        }
+        d[a.len()][b.len()]
+    }
+
+    #[test]
+    fn letter_edits_are_single_edits_of_every_kind() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut longer, mut shorter, mut same_len) = (0, 0, 0);
+        for _ in 0..400 {
+            let e = letter_edit("mailbox", &mut rng);
+            assert!(osa_distance("mailbox", &e) <= 1, "{e}");
+            match e.chars().count() {
+                8 => longer += 1,
+                6 => shorter += 1,
+                _ => same_len += 1,
+            }
+        }
+        assert!(longer > 0 && shorter > 0 && same_len > 0, "{longer} {shorter} {same_len}");
+        assert_eq!(letter_edit("550", &mut rng), "550");
+    }
+
+    #[test]
+    fn augmentation_is_deterministic_for_a_seed_and_varies_between_seeds() {
+        let text = "550 5.1.1 The email account that you tried to reach does not exist. Please check the address.";
+        let aug = Augment::default();
+        let run = |seed| augment_text(text, &aug, &mut StdRng::seed_from_u64(seed));
+        assert_eq!(run(3), run(3));
+        let distinct: std::collections::HashSet<String> = (0..20).map(run).collect();
+        assert!(distinct.len() > 10, "{distinct:?}");
+    }
+
+    #[test]
+    fn augmentation_swaps_thesaurus_phrases_drops_words_and_makes_typos() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let only_synonyms = Augment { synonym: 1.0, typo: 0.0, word_dropout: 0.0, ..Augment::default() };
+        let group = THESAURUS.iter().find(|g| g.contains(&"user unknown")).expect("a user-unknown group");
+        for _ in 0..20 {
+            let out = augment_text("Recipient address rejected: User unknown in local table", &only_synonyms, &mut rng);
+            assert!(!out.contains("user unknown"), "{out}");
+            // (a member with "mailbox" may have had that word swapped in turn by the mailbox group)
+            assert!(group.iter().any(|m| out.contains(m) || m.contains("mailbox")), "{out}");
+        }
+        // "unknown" inside "unknownx" is not a whole-word phrase
+        assert_eq!(find_phrase("xuser unknown", "user unknown"), None);
+        assert_eq!(find_phrase("a user unknown.", "user unknown"), Some(2));
+        let drop_all = Augment { synonym: 0.0, typo: 0.0, word_dropout: 1.0, ..Augment::default() };
+        let out = augment_text("one two three four", &drop_all, &mut rng);
+        assert_eq!(out.split_whitespace().count(), 1, "{out}");
+        let typos = Augment { synonym: 0.0, typo: 1.0, word_dropout: 0.0, ..Augment::default() };
+        let out = augment_text("mailbox quota exceeded for the box", &typos, &mut rng);
+        let edited = out.split(' ').zip("mailbox quota exceeded for the box".split(' ')).filter(|(a, b)| a != b).count();
+        assert!(edited >= 3, "{out}");
+        assert!(out.ends_with(" for the box"), "short words keep their letters: {out}");
+    }
+
+    #[test]
+    fn the_training_thesaurus_never_pairs_a_phrase_with_its_evaluation_alternative() {
+        for group in THESAURUS {
+            for a in group.iter() {
+                for b in group.iter().filter(|b| *b != a) {
+                    for (phrase, alts) in super::super::perturb::PHRASES {
+                        let phrase = phrase.to_lowercase();
+                        for alt in alts.iter().map(|s| s.to_lowercase()) {
+                            let taught = find_phrase(a, &phrase).is_some()
+                                && find_phrase(b, &alt).is_some()
+                                && find_phrase(b, &phrase).is_none();
+                            assert!(!taught, "{a:?} ~ {b:?} would teach the evaluation's {phrase:?} -> {alt:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn training_with_augmentation_is_deterministic() {
+        let ex = |text: &str, label: &str| Example { text: text.into(), signals: Signals::default(), label: label.into() };
+        let examples = vec![
+            ex("550 5.1.1 user unknown", "userunknown"),
+            ex("mailbox is full", "mailboxfull"),
+            ex("no such user here", "userunknown"),
+            ex("quota exceeded for this mailbox", "mailboxfull"),
+        ];
+        let cfg = TrainConfig { epochs: 2, dim: 8, hidden: 8, buckets: 256, signal_buckets: 16, ..TrainConfig::default() };
+        let probs = |cfg: &TrainConfig| {
+            let model = train(&examples, label_set(&[]), cfg).expect("trains");
+            model.probabilities("the mailbox is over quota", &Signals::default())
+        };
+        assert_eq!(probs(&cfg), probs(&cfg));
+        let plain = TrainConfig { augment: Augment { copies: 0, ..Augment::default() }, ..cfg.clone() };
+        assert_ne!(probs(&cfg), probs(&plain), "the noisy copies change training");
     }
 }

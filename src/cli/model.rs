@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use serde::Deserialize;
 
 use crate::classify::perturb::{perturb_text, rng_for};
-use crate::classify::train::{label_set, train, Example, TrainConfig};
+use crate::classify::train::{label_set, train, Augment, Example, TrainConfig};
 use crate::classify::{self, Model, Signals, DEFAULT_MIN_CONFIDENCE};
 use crate::exit;
 use crate::ingest::files::Messages;
@@ -88,6 +88,18 @@ pub struct TrainOptions {
     /// Similarity from which the nearest-neighbour memory of the training texts decides (0 = never).
     #[arg(long, default_value_t = TrainConfig::default().memory_threshold)]
     pub memory_threshold: f32,
+    /// Noisy copies of every example per epoch (training-time augmentation; 0 = off).
+    #[arg(long, default_value_t = Augment::default().copies)]
+    pub augment_copies: usize,
+    /// Augmentation: probability of swapping a training-thesaurus phrase for another of its group.
+    #[arg(long, default_value_t = Augment::default().synonym)]
+    pub augment_synonym: f32,
+    /// Augmentation: probability of a letter edit in a word of four letters or more.
+    #[arg(long, default_value_t = Augment::default().typo)]
+    pub augment_typo: f32,
+    /// Augmentation: probability of dropping a word.
+    #[arg(long, default_value_t = Augment::default().word_dropout)]
+    pub augment_word_dropout: f32,
     /// Use .eml labels from every source, not only label_from = tests.
     #[arg(long)]
     pub all_labels: bool,
@@ -103,6 +115,13 @@ impl TrainOptions {
             class_weight_power: self.class_weight_power,
             prior_weight: self.prior_weight,
             memory_threshold: self.memory_threshold,
+            augment: Augment {
+                copies: self.augment_copies,
+                synonym: self.augment_synonym,
+                typo: self.augment_typo,
+                word_dropout: self.augment_word_dropout,
+                ..Augment::default()
+            },
             ..TrainConfig::default()
         }
     }
