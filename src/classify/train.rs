@@ -306,6 +306,11 @@ pub fn build_tokenizer(texts: &[String], min_count: u64) -> Result<Tokenizer, Tr
     Ok(tokenizer)
 }
 
+/// The signals of an example's code-stripped copy: its status and reply code removed.
+fn without_codes(signals: &Signals) -> Signals {
+    Signals { status: None, reply_code: None, ..signals.clone() }
+}
+
 /// The label set: the built-in reasons (every one, so the output layer is stable) followed by custom
 /// categories in the given order.
 pub fn label_set(custom: &[Label]) -> Vec<Label> {
@@ -353,9 +358,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         inputs.push((normalise(&ex.text), ex.signals.clone(), k));
         original.push(true);
         let stripped = strip_codes(&ex.text);
-        let mut bare = ex.signals.clone();
-        bare.status = None;
-        bare.reply_code = None;
+        let bare = without_codes(&ex.signals);
         if stripped != ex.text || bare != ex.signals {
             inputs.push((normalise(&stripped), bare, k));
             original.push(false);
@@ -395,8 +398,7 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
                 let mut text = augment_text(&ex.text, &cfg.augment, rng);
                 if rng.r#gen::<f32>() >= cfg.augment.keep_codes {
                     text = strip_codes(&text);
-                    signals.status = None;
-                    signals.reply_code = None;
+                    signals = without_codes(&signals);
                 }
                 out.push(prepare(&normalise(&text), &signals, index[ex.label.as_str()], false));
             }
