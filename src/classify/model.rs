@@ -85,10 +85,7 @@ impl PriorOffsets {
     /// The offsets for what the status prior says of an input (`signals.prior_classification()`), with
     /// weight `beta`; `None` when β is 0 or the prior does not decide.
     pub fn of(labels: &[Label], beta: f32, prior: &Classification) -> Option<PriorOffsets> {
-        if beta == 0.0 {
-            return None;
-        }
-        if prior.reason == "onhold" || prior.confidence <= 0.0 {
+        if beta == 0.0 || prior.reason == "onhold" || prior.confidence <= 0.0 {
             return None;
         }
         let label = labels.iter().position(|l| l.name == prior.reason)?;

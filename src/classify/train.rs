@@ -374,10 +374,13 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         let ws = words(text);
         let ids: Vec<u32> = ws.iter().map(|w| tokenizer.token_to_id(w).unwrap_or(unk)).collect();
         layout.text_features(&ws, &ids, unk, false, &mut feats);
+        let prior = signals.prior_classification();
+        let mut signal_rows = Vec::with_capacity(12);
+        signals.each_token(&prior.reason, |t| signal_rows.push(layout.signal_row(t)));
         Prepared {
             text_rows: feats.into_iter().map(|f| f.row).collect(),
-            signal_rows: signals.tokens().iter().map(|t| layout.signal_row(t)).collect(),
-            prior: PriorOffsets::of(&labels, cfg.prior_weight, &signals.prior_classification()),
+            signal_rows,
+            prior: PriorOffsets::of(&labels, cfg.prior_weight, &prior),
             label,
             original,
         }
