@@ -401,3 +401,36 @@ fn corrupt_model_stops_serve_with_64_and_ingest_with_75() {
     let out = ingest_stdin(&["--config", config.to_str().unwrap()], b"Subject: x\n\nhello\n");
     assert_eq!(code(&out), 75, "{}", stderr(&out));
 }
+
+#[test]
+fn model_perturb_strips_codes_keeps_the_command_and_names_the_source_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    std::fs::write(
+        &corpus,
+        concat!(
+            r#"{"text": "550 5.1.1 Recipient address rejected: User unknown", "status": "5.1.1", "reply_code": 550, "reason": "userunknown", "smtp_command": "RCPT"}"#,
+            "\n",
+            r#"{"text": "452 4.2.2 Mailbox is full", "status": "4.2.2", "reply_code": 452, "reason": "mailboxfull"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out_path = dir.path().join("perturbed.jsonl");
+    let args = ["model", "perturb", "--in", corpus.to_str().unwrap(), "--out", out_path.to_str().unwrap()];
+    let out = rebound(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let written = std::fs::read_to_string(&out_path).unwrap();
+    let rows: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for (row, (reason, command)) in rows.iter().zip([("userunknown", Some("RCPT")), ("mailboxfull", None)]) {
+        let text = row["text"].as_str().unwrap();
+        assert!(!text.contains("5.1.1") && !text.contains("4.2.2") && !text.contains("550"), "{row}");
+        assert!(row["status"].is_null(), "{row}");
+        assert_eq!(row["reason"], reason);
+        assert_eq!(row["smtp_command"].as_str(), command, "the failed command is not a code: {row}");
+    }
+    assert_eq!((rows[0]["group"].as_str(), rows[1]["group"].as_str()), (Some("corpus:1"), Some("corpus:2")));
+    assert!(rebound(&args).status.success());
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), written, "deterministic for the seed");
+}

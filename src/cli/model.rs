@@ -427,6 +427,7 @@ fn perturb_cmd(args: &PerturbArgs) -> anyhow::Result<i32> {
             "text": text,
             "status": null,
             "reply_code": it.signals.reply_code,
+            "smtp_command": it.signals.smtp_command,
             "reason": it.label,
             "group": it.group,
             "source": format!("perturbed (seed {}) from {}", args.seed, it.origin),
