@@ -208,6 +208,13 @@ fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// Whether every little-endian f16 value in `bytes` is finite (its five exponent bits, in the high byte, are
+/// not all set; f16 → f32 keeps finiteness, so this is the check of the converted weights). Folded without an
+/// early exit so that the loop is vectorised: the weights are checked at every model load.
+fn all_finite_f16(bytes: &[u8]) -> bool {
+    bytes.chunks_exact(2).fold(true, |finite, b| finite & (b[1] & 0x7c != 0x7c))
+}
+
 /// Round weights through f16 (the stored precision), so the model in memory equals the one on disk.
 fn round_f16(v: Vec<f32>) -> Result<Vec<f32>, String> {
     let n = v.len();
@@ -310,8 +317,8 @@ impl Model {
             w2: get("w2")?,
             b2: get("b2")?,
         };
-        for v in [&weights.text_emb, &weights.signal_emb, &weights.w1, &weights.b1, &weights.w2, &weights.b2] {
-            if v.iter().any(|x| !x.is_finite()) {
+        for name in ["text_emb", "signal_emb", "w1", "b1", "w2", "b2"] {
+            if !all_finite_f16(view(name, Dtype::F16)?) {
                 return Err(corrupt(&weights_path, "non-finite weights"));
             }
         }
@@ -710,6 +717,15 @@ mod tests {
         assert_eq!(PriorOffsets::of(&labels, 0.0, &full.prior_classification()), None, "weight 0");
         let vague = Signals { status: Some("5.0.0".into()), ..Signals::default() };
         assert_eq!(PriorOffsets::of(&labels, 0.5, &vague.prior_classification()), None, "5.0.0 does not decide");
+    }
+
+    #[test]
+    fn the_f16_finiteness_check_agrees_with_the_converted_values_on_every_bit_pattern() {
+        for bits in 0..=u16::MAX {
+            let bytes = bits.to_le_bytes();
+            assert_eq!(all_finite_f16(&bytes), f16_to_f32(&bytes)[0].is_finite(), "{bits:#06x}");
+        }
+        assert!(!all_finite_f16(&[0, 0x3c, 0, 0x7c, 0, 0x3c]), "one infinity among finite values");
     }
 
     #[test]

@@ -16,13 +16,16 @@ use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
 /// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
 const MAX_SUMMARY: usize = 500;
 
-/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject) and raw
-/// values for the rest. Received fields stay raw: parsing them is a good part of mail-parser's time and we
-/// only need their `for` clause (see `mime::read_original`).
+/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject), raw values
+/// for Received fields (parsing them is a good part of mail-parser's time and we only need their `for`
+/// clause, see `mime::read_original`), and no value for any other field: those are read only through
+/// `Message::header_raw`, which slices the raw message at the field's offsets (kept for ignored fields too),
+/// so copying each value into a string would be wasted work.
 pub(crate) fn parser() -> &'static MessageParser {
     static PARSER: OnceLock<MessageParser> = OnceLock::new();
     PARSER.get_or_init(|| {
         MessageParser::new()
+            .default_header_ignore()
             .with_mime_headers()
             .header_text(HeaderName::Subject)
             .header_address(HeaderName::From)
@@ -31,6 +34,7 @@ pub(crate) fn parser() -> &'static MessageParser {
             .header_address(HeaderName::Cc)
             .header_id(HeaderName::MessageId)
             .header_id(HeaderName::ReturnPath)
+            .header_raw(HeaderName::Received)
     })
 }
 
