@@ -535,11 +535,11 @@ pub(crate) fn fill_codes(
 const DIAGNOSTIC_KEY: usize = 40;
 
 /// The SMTP command that the reply quoted in `diagnostic` answered, read from the report's text when the
-/// diagnostic itself does not say: the text is searched for a line quoting the diagnostic's start (as a
-/// transcript does: `... while talking to mx.example.org.:` / `>>> DATA` / `<<< 550 Unknown user`), and the
-/// command is the one named last before the quoted reply in its paragraph, else the first named after it
-/// (`said: 550 …` / `(in reply to RCPT TO command)`, the wording the report folds onto the next lines).
-/// Lines whose paragraph names no command ("(reason: 550 …)") are passed over.
+/// diagnostic itself does not say: the text is searched for a paragraph quoting the diagnostic's start (as a
+/// transcript does: `... while talking to mx.example.org.:` / `>>> DATA` / `<<< 550 Unknown user`; the
+/// quote may be folded over several lines), and the command is the one named last before the quoted reply
+/// in that paragraph, else the first named after it (`said: 550 …` / `(in reply to RCPT TO command)`).
+/// Paragraphs that quote the diagnostic but name no command ("(reason: 550 …)") are passed over.
 pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Option<u16>) -> Option<&'static str> {
     let diagnostic = collapse_ws(diagnostic);
     let mut end = DIAGNOSTIC_KEY.min(diagnostic.len());
@@ -551,23 +551,18 @@ pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Opt
         return None;
     }
     let lines = text.before();
-    let mut paragraph_start = 0;
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            paragraph_start = i + 1;
-            continue;
+    let mut start = 0;
+    while start < lines.len() {
+        let end = lines[start..].iter().position(|l| l.trim().is_empty()).map_or(lines.len(), |k| start + k);
+        // The paragraph as one line, so that a quote folded over lines is found.
+        let paragraph = collapse_ws(&lines[start..end].join(" "));
+        if let Some(pos) = find_ci(&paragraph, &key) {
+            let at = pos + reply.and_then(|c| smtp::reply_position(&paragraph[pos..], c)).unwrap_or(0);
+            if let Some(command) = smtp::smtp_command_at(&paragraph, Some(at)) {
+                return Some(command);
+            }
         }
-        if find_ci(&collapse_ws(line), &key).is_none() {
-            continue;
-        }
-        let paragraph_end = lines[i..].iter().position(|l| l.trim().is_empty()).map_or(lines.len(), |k| i + k);
-        let paragraph = lines[paragraph_start..paragraph_end].join("\n");
-        // Where the quoted reply stands in the paragraph: on line i, at its reply code when it has one.
-        let line_start: usize = lines[paragraph_start..i].iter().map(|l| l.len() + 1).sum();
-        let at = line_start + reply.and_then(|c| smtp::reply_position(line, c)).unwrap_or(0);
-        if let Some(command) = smtp::smtp_command_at(&paragraph, Some(at)) {
-            return Some(command);
-        }
+        start = end + 1;
     }
     None
 }
