@@ -435,3 +435,67 @@ fn a_text_full_of_addresses_is_read_in_bounded_time() {
     assert!(!p.recipients.is_empty() && p.recipients.len() <= 100, "{} recipients", p.recipients.len());
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }
+
+#[test]
+fn mailing_list_refusal_names_the_list_and_explains() {
+    let p = parse_all_endings("bounce-list-not-member.eml");
+    assert_eq!(p.kind, Kind::Bounce);
+    assert_eq!(rcpts(&p), ["cats@lists.example.org"]);
+    let d = p.recipients[0].diagnostic.as_deref().expect("diagnostic");
+    assert!(d.starts_with("Only members may post to the mailing list <cats@lists.example.org>, and you are not one"), "{d}");
+    assert!(d.ends_with("cats-ctl@lists.example.org"), "stops before the quoted post: {d}");
+}
+
+#[test]
+fn complaint_with_only_the_message_attached_is_an_abuse_report() {
+    let p = parse_all_endings("arf-complaint-attachment-only.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    let f = p.feedback.as_ref().expect("feedback report");
+    assert_eq!(f.feedback_type, "abuse");
+    assert!(f.has_original);
+    assert!(f.fields.is_empty(), "no fields were sent");
+    assert_eq!(rcpts(&p), ["reader@feedback.example.net"], "the complained-about message's recipient");
+    assert_eq!(p.recipients[0].diagnostic.as_deref(), Some("Complaint about message from 198.51.100.25"));
+}
+
+#[test]
+fn ordinary_message_with_an_attached_message_is_not_a_complaint() {
+    let raw = String::from_utf8(fixture("arf-complaint-attachment-only.eml")).expect("utf-8")
+        .replace("Subject: Complaint about message from 198.51.100.25", "Subject: Fwd: Weekly offers");
+    let p = parse(raw.as_bytes());
+    assert_eq!(p.kind, Kind::Unparsed, "{:?}", p.parse_error);
+}
+
+#[test]
+fn local_mailer_exit_status_is_written_out() {
+    let p = parse_all_endings("dsn-local-mailer-exit-status.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    let r = &p.recipients[0];
+    assert_eq!(r.diagnostic_type.as_deref(), Some("x-unix"));
+    assert_eq!(
+        r.diagnostic.as_deref(),
+        Some("mailer program exited with status 75 (EX_TEMPFAIL: temporary failure, try again later)")
+    );
+    assert_eq!(r.status.as_deref(), Some("4.3.0"));
+    assert_eq!(r.reply_code, None);
+}
+
+#[test]
+fn dsn_command_named_after_the_quoted_reply_in_the_text() {
+    let p = parse_all_endings("dsn-command-after-the-reply.eml");
+    assert_eq!(p.kind, Kind::Dsn);
+    assert_eq!(rcpts(&p), ["someone@example.net"]);
+    let r = &p.recipients[0];
+    assert_eq!(r.reply_code, Some(550));
+    assert_eq!(r.smtp_command.as_deref(), Some("RCPT"));
+}
+
+#[test]
+fn feedback_summary_skips_a_salutation() {
+    let p = parse_all_endings("arf-salutation-first.eml");
+    assert_eq!(p.kind, Kind::Arf);
+    assert_eq!(
+        p.recipients[0].diagnostic.as_deref(),
+        Some("a user of our service marked the attached message as spam; please look into it.")
+    );
+}

@@ -199,11 +199,14 @@ fn wanted_file(path: &Path) -> bool {
 ///
 /// A message starts after a line beginning with `From ` that opens the file or follows an empty line; the
 /// empty line before it belongs to the mbox format, not to the message. Lines matching `^>+From ` lose one
-/// `>` (mboxrd unescaping, which also undoes mboxo's escaping of body lines).
+/// `>` (mboxrd unescaping, which also undoes mboxo's escaping of body lines). Lines end with LF (CRLF
+/// included), or with a bare CR when the file's first line does (old Mac files).
 pub struct MboxReader<R> {
     reader: R,
     path: PathBuf,
     limit: usize,
+    /// The byte that ends a line: LF, or CR in a file written with bare CR line ends.
+    line_end: u8,
     /// Messages started so far.
     index: usize,
     /// Envelope sender from the `From ` line that starts the next message; `None` once the input ends.
@@ -213,10 +216,12 @@ pub struct MboxReader<R> {
 impl<R: BufRead> MboxReader<R> {
     /// Start reading: consumes the first `From ` line.
     pub fn new(mut reader: R, path: PathBuf, limit: usize) -> Result<MboxReader<R>, ReadError> {
+        let io_err = |source| ReadError::Io { path: path.clone(), source };
+        let line_end = if bare_cr_line_ends(reader.fill_buf().map_err(io_err)?) { b'\r' } else { b'\n' };
         let mut first = Vec::new();
-        read_segment(&mut reader, &mut first, SEGMENT).map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        read_segment(&mut reader, &mut first, SEGMENT, line_end).map_err(io_err)?;
         let next_from = if first.is_empty() { None } else { Some(envelope_sender(&first)) };
-        Ok(MboxReader { reader, path, limit, index: 0, next_from })
+        Ok(MboxReader { reader, path, limit, line_end, index: 0, next_from })
     }
 
     fn read_message(&mut self, envelope_from: Option<String>) -> Result<RawMessage, ReadError> {
@@ -229,21 +234,21 @@ impl<R: BufRead> MboxReader<R> {
         let mut last_line_start = 0;
         loop {
             line.clear();
-            let n = read_segment(&mut self.reader, &mut line, SEGMENT)
+            let n = read_segment(&mut self.reader, &mut line, SEGMENT, self.line_end)
                 .map_err(|source| ReadError::Io { path: self.path.clone(), source })?;
             if n == 0 {
                 break;
             }
-            let complete = line.ends_with(b"\n");
+            let complete = line.last() == Some(&self.line_end);
             if at_line_start && prev_blank && line.starts_with(b"From ") {
                 self.next_from = Some(envelope_sender(&line));
                 // Drain the rest of an overlong `From ` line.
                 let mut rest_complete = complete;
                 while !rest_complete {
                     line.clear();
-                    let n = read_segment(&mut self.reader, &mut line, SEGMENT)
+                    let n = read_segment(&mut self.reader, &mut line, SEGMENT, self.line_end)
                         .map_err(|source| ReadError::Io { path: self.path.clone(), source })?;
-                    rest_complete = n == 0 || line.ends_with(b"\n");
+                    rest_complete = n == 0 || line.last() == Some(&self.line_end);
                 }
                 break;
             }
@@ -258,7 +263,7 @@ impl<R: BufRead> MboxReader<R> {
                 bytes = Vec::new();
             }
             if complete {
-                prev_blank = at_line_start && (line == b"\n" || line == b"\r\n");
+                prev_blank = at_line_start && (line == [self.line_end] || line == b"\r\n");
             }
             at_line_start = complete;
         }
@@ -298,8 +303,14 @@ fn envelope_sender(line: &[u8]) -> Option<String> {
     if sender.eq_ignore_ascii_case("MAILER-DAEMON") || sender == "<>" { None } else { Some(sender) }
 }
 
-/// Append bytes up to and including the next LF, at most `cap` bytes; returns how many (0 at the end).
-fn read_segment<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
+/// Whether the first line of `head` ends with a bare CR (a CR not followed by LF) rather than LF.
+fn bare_cr_line_ends(head: &[u8]) -> bool {
+    memchr::memchr2(b'\r', b'\n', head).is_some_and(|i| head[i] == b'\r' && head.get(i + 1).is_some_and(|&b| b != b'\n'))
+}
+
+/// Append bytes up to and including the next `line_end` byte, at most `cap` bytes; returns how many (0 at the
+/// end).
+fn read_segment<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, cap: usize, line_end: u8) -> io::Result<usize> {
     let mut total = 0;
     loop {
         let available = match reader.fill_buf() {
@@ -310,7 +321,7 @@ fn read_segment<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, cap: usize) -> io
         if available.is_empty() {
             return Ok(total);
         }
-        let (n, line_ended) = super::take_line(available, buf, cap - total);
+        let (n, line_ended) = super::take_line(available, buf, cap - total, line_end);
         reader.consume(n);
         total += n;
         if line_ended || total >= cap {
@@ -368,6 +379,17 @@ mod tests {
         let msgs: Vec<_> = mbox(&text, 10 * SEGMENT).into_iter().map(Result::unwrap).collect();
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].bytes.len(), long.len() + 1 + "From not a separator\n".len());
+    }
+
+    #[test]
+    fn mbox_with_bare_cr_line_ends_is_split_on_its_from_lines() {
+        let text = b"From a@x.example Mon Jan  1 00:00:00 2024\rSubject: one\r\rbody\r\rFrom b y\rSubject: two\r\rok\r";
+        let msgs: Vec<_> = mbox(text, 1000).into_iter().map(Result::unwrap).collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].envelope_from.as_deref(), Some("a@x.example"));
+        assert_eq!(msgs[0].bytes, b"Subject: one\r\rbody\r");
+        assert_eq!(msgs[1].bytes, b"Subject: two\r\rok\r");
+        assert!(!bare_cr_line_ends(b"From a\r\nSubject: x\r"), "CRLF files end lines with LF");
     }
 
     #[test]

@@ -49,11 +49,11 @@ pub fn prepare(raw: Vec<u8>, source: String, envelope_from: Option<String>, enve
 }
 
 /// One step of reading a line of at most `room` bytes from a buffered reader's `available` bytes: appends up to and
-/// including the first LF (or `room` bytes) to `buf`; returns how many bytes to consume and whether an LF ended
-/// the line. Shared by the file readers and the LMTP session.
-pub(crate) fn take_line(available: &[u8], buf: &mut Vec<u8>, room: usize) -> (usize, bool) {
+/// including the first `end` byte (LF, or CR for files with old Mac line ends; or `room` bytes) to `buf`; returns
+/// how many bytes to consume and whether `end` ended the line. Shared by the file readers and the LMTP session.
+pub(crate) fn take_line(available: &[u8], buf: &mut Vec<u8>, room: usize, end: u8) -> (usize, bool) {
     let window = &available[..available.len().min(room)];
-    match memchr::memchr(b'\n', window) {
+    match memchr::memchr(end, window) {
         Some(i) => {
             buf.extend_from_slice(&window[..=i]);
             (i + 1, true)

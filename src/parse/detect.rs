@@ -74,11 +74,14 @@ fn normalise_line_ends(raw: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// The first paragraph of `text`, whitespace collapsed, at most `MAX_SUMMARY` bytes.
+/// The first paragraph of `text` that explains (not a salutation such as "Hello,", see
+/// [`freetext::is_explanation`]; else the first paragraph), whitespace collapsed, at most `MAX_SUMMARY` bytes.
 fn summary(text: &str) -> Option<String> {
-    let paragraph: Vec<&str> =
-        super::text::lines(text).skip_while(|l| l.trim().is_empty()).take_while(|l| !l.trim().is_empty()).collect();
-    let mut s = collapse_ws(&paragraph.join(" "));
+    let lines: Vec<&str> = super::text::lines(text).collect();
+    let paragraphs = freetext::paragraphs(&lines);
+    let &(first, end) =
+        paragraphs.iter().find(|(s, e)| freetext::is_explanation(&lines[*s..*e])).or(paragraphs.first())?;
+    let mut s = collapse_ws(&lines[first..end].join(" "));
     if s.len() > MAX_SUMMARY {
         let mut end = MAX_SUMMARY;
         while !s.is_char_boundary(end) {
@@ -189,7 +192,8 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     if dsn::looks_like_dsn_fields(&joined) {
         let mut recipients = dsn::recipients(&[joined.as_ref()]);
         if !recipients.is_empty() {
-            complete_from_text(&mut recipients, &text);
+            let prose = dsn::without_fields(&joined);
+            complete_from_text(&mut recipients, &BounceText::new(&prose));
             parsed.kind = Kind::Bounce;
             parsed.recipients = recipients;
             return parsed;
@@ -197,6 +201,15 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     }
 
     let ctx = context(message, &walk);
+    if is_list_notice(message, &walk)
+        && let Some((addr, diagnostic)) = freetext::notice(text.before(), &ctx)
+    {
+        let mut r = Recipient { recipient: addr, ..Recipient::default() };
+        freetext::fill_codes(&mut r, Some(diagnostic), &[], None, true);
+        parsed.kind = Kind::Bounce;
+        parsed.recipients.push(r);
+        return parsed;
+    }
     let mut recipients = freetext::recipients(&text, &ctx, !bounce_markers);
     if recipients.is_empty() && bounce_markers {
         // A bounce that names nobody in its text: the returned message's recipients are the failed ones.
@@ -234,8 +247,36 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     parsed
 }
 
+/// Header fields that list servers add: RFC 2369 `List-*`, RFC 2919 `List-Id`, and those of ezmlm, fml and
+/// Mailman.
+const LIST_HEADERS: &[&str] =
+    &["List-Id", "List-Post", "List-Help", "List-Subscribe", "Mailing-List", "X-MLServer", "X-ML-Name", "X-Mailman-Version"];
+
+/// Local-part suffixes of a list's administrative address (`cats-admin@`, `cats-request@`); `owner-` is the
+/// one prefix.
+const LIST_ADMIN_SUFFIXES: &[&str] = &["-admin", "-owner", "-request", "-bounces"];
+
+/// Whether the message is a mailing-list manager's notice about a post it did not distribute ("you are not a
+/// member", "duplicated Message-ID", "message too large"): sent from the list's administrative address with
+/// a list server's header field, in reply to the post (References, In-Reply-To) or quoting it. A list's
+/// ordinary posts come from their authors, so they are not taken for notices.
+fn is_list_notice(message: &Message<'_>, walk: &Walk<'_>) -> bool {
+    let Some(from) = first_address(message.from()) else { return false };
+    let local = from.split('@').next().unwrap_or("").to_ascii_lowercase();
+    let admin = local.starts_with("owner-") || LIST_ADMIN_SUFFIXES.iter().any(|s| local.ends_with(s));
+    let about_a_post = message.header_raw("References").is_some()
+        || message.header_raw("In-Reply-To").is_some()
+        || walk.original.is_some();
+    admin && about_a_post && LIST_HEADERS.iter().any(|h| message.header_raw(*h).is_some())
+}
+
+/// Subject words of a complaint sent without ARF fields.
+const COMPLAINT_SUBJECTS: &[&str] = &["complaint", "abuse report", "spam report"];
+
 /// The ARF report, from a message/feedback-report part, a text part holding the fields, or a bare feedback
-/// block sent as the message itself (its header block holds the fields).
+/// block sent as the message itself (its header block holds the fields). A complaint sent without ARF
+/// fields (Microsoft's JMRP and others: nothing but the complained-about message attached, a subject saying
+/// complaint or abuse report) is an `abuse` report with no fields.
 fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Option<FeedbackReport> {
     let has_original = walk.original_raw.is_some();
     if let Some(text) = &walk.feedback {
@@ -247,8 +288,16 @@ fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Optio
         return arf::report_from(header_block, has_original);
     }
     // A feedback block sent as text/plain (some reporters label the part wrongly, or forward it).
-    let text = walk.texts.iter().find(|t| arf::looks_like_feedback(t))?;
-    arf::parse_fields(text, has_original)
+    if let Some(text) = walk.texts.iter().find(|t| arf::looks_like_feedback(t)) {
+        return arf::parse_fields(text, has_original);
+    }
+    let complaint = message.subject().is_some_and(|s| {
+        let s = s.to_lowercase();
+        COMPLAINT_SUBJECTS.iter().any(|w| s.contains(w))
+    });
+    let only_the_original = has_original && walk.delivery_status.is_empty() && walk.texts.iter().all(|t| t.trim().is_empty());
+    (complaint && only_the_original)
+        .then(|| FeedbackReport { feedback_type: "abuse".to_string(), has_original, ..FeedbackReport::default() })
 }
 
 /// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's first
@@ -264,7 +313,12 @@ fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>
         .unwrap_or_default();
     Recipient {
         recipient,
-        diagnostic: walk.texts.first().and_then(|t| summary(t)).or_else(|| Some(report.feedback_type.clone())),
+        diagnostic: walk
+            .texts
+            .first()
+            .and_then(|t| summary(t))
+            .or_else(|| message.subject().map(collapse_ws).filter(|s| !s.is_empty()))
+            .or_else(|| Some(report.feedback_type.clone())),
         reporting_mta: report.reporting_mta.as_deref().map(|m| super::fields::split_typed(m).1.to_string()),
         arrival_date: report.arrival_date.clone(),
         ..Recipient::default()
@@ -282,11 +336,14 @@ fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
     Context { sender_side, hints }
 }
 
-/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text.
+/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text:
+/// the text's block about the recipient, unless it says no more than the address; then, in a report about
+/// one recipient, the report's own explanation (see [`freetext::global_diagnostic`]).
 fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
     if text.before().is_empty() {
         return;
     }
+    let single = recipients.len() == 1;
     let addresses: Vec<String> = recipients.iter().map(|r| r.recipient.clone()).collect();
     let others: Vec<&str> = addresses.iter().map(String::as_str).collect();
     for r in recipients.iter_mut() {
@@ -295,9 +352,18 @@ fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
             continue;
         }
         let blocks = freetext::blocks_for(text, &r.recipient, &others);
-        let best = blocks.iter().find(|b| smtp_code_in(b)).or_else(|| blocks.first()).cloned();
         let from_text = r.diagnostic.is_none();
-        let diagnostic = if from_text { best } else { None };
+        let diagnostic = if from_text {
+            blocks
+                .iter()
+                .find(|b| smtp_code_in(b))
+                .or_else(|| blocks.first())
+                .filter(|b| freetext::is_informative(b, &r.recipient))
+                .cloned()
+                .or_else(|| single.then(|| freetext::global_diagnostic(text.before())).flatten())
+        } else {
+            None
+        };
         freetext::fill_codes(r, diagnostic, &blocks, None, from_text);
         if r.smtp_command.is_none()
             && let Some(diagnostic) = r.diagnostic.as_deref()

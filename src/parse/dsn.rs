@@ -5,7 +5,7 @@
 use super::Recipient;
 use super::fields::{Block, blocks, get, split_typed};
 use super::smtp;
-use super::text::{clean_address, contains_ci};
+use super::text::{clean_address, contains_ci, lines};
 
 /// Per-message fields (RFC 3464 §2.2) copied onto every recipient.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +27,37 @@ fn is_recipient_block(block: &Block) -> bool {
 /// message/delivery-status part).
 pub(crate) fn looks_like_dsn_fields(text: &str) -> bool {
     contains_ci(text, "final-recipient:") && (contains_ci(text, "status:") || contains_ci(text, "action:"))
+}
+
+/// RFC 3464 field names (§2.2, §2.3) and the `X-` fields MTAs add to them, lowercase.
+const DSN_FIELDS: &[&str] = &[
+    "reporting-mta", "dsn-gateway", "received-from-mta", "arrival-date", "original-envelope-id", "final-recipient",
+    "original-recipient", "x-actual-recipient", "action", "status", "remote-mta", "diagnostic-code",
+    "last-attempt-date", "final-log-id", "will-retry-until", "x-postfix-queue-id", "x-postfix-sender",
+];
+
+/// `text` with its blocks of RFC 3464 fields blanked out (each line replaced by an empty one, so line numbers
+/// stay), for reading the prose around fields pasted into a text part: a block of fields says nothing a
+/// reader would call the reason, and its `Status: 4.4.7` would pass for a reply. A block is a paragraph whose
+/// first line is a DSN field.
+pub(crate) fn without_fields(text: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut in_fields = false;
+    let mut paragraph_start = true;
+    for line in lines(text) {
+        if line.trim().is_empty() {
+            in_fields = false;
+            paragraph_start = true;
+            out.push("");
+            continue;
+        }
+        if paragraph_start {
+            in_fields = line.split_once(':').is_some_and(|(name, _)| DSN_FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f)));
+            paragraph_start = false;
+        }
+        out.push(if in_fields { "" } else { line });
+    }
+    out.join("\n")
 }
 
 /// Parses the bodies of the delivery-status parts into recipients (in order).
@@ -59,7 +90,8 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
     let (diagnostic_type, diagnostic) = match get(block, "Diagnostic-Code") {
         Some(v) => {
             let (t, text) = split_typed(v);
-            (t, Some(text.to_string()).filter(|s| !s.is_empty()))
+            let text = t.as_deref().and_then(|t| exit_status_text(t, text)).unwrap_or_else(|| text.to_string());
+            (t, Some(text).filter(|s| !s.is_empty()))
         }
         None => (None, None),
     };
@@ -82,6 +114,41 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         reporting_mta: typed_text(get(block, "Reporting-MTA")).or_else(|| pm.reporting_mta.clone()),
         arrival_date: get(block, "Arrival-Date").map(str::to_string).or_else(|| pm.arrival_date.clone()),
         last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
+    })
+}
+
+/// The exit codes of sysexits.h (64..=78) that a local delivery program returns, with their names and meanings.
+const SYSEXITS: &[(&str, &str)] = &[
+    ("EX_USAGE", "command line usage error"),
+    ("EX_DATAERR", "data format error"),
+    ("EX_NOINPUT", "cannot open input"),
+    ("EX_NOUSER", "addressee unknown"),
+    ("EX_NOHOST", "host name unknown"),
+    ("EX_UNAVAILABLE", "service unavailable"),
+    ("EX_SOFTWARE", "internal software error"),
+    ("EX_OSERR", "operating system error"),
+    ("EX_OSFILE", "critical operating system file missing"),
+    ("EX_CANTCREAT", "cannot create output file"),
+    ("EX_IOERR", "input/output error"),
+    ("EX_TEMPFAIL", "temporary failure, try again later"),
+    ("EX_PROTOCOL", "remote error in protocol"),
+    ("EX_NOPERM", "permission denied"),
+    ("EX_CONFIG", "configuration error"),
+];
+
+/// What a bare exit status means (`Diagnostic-Code: X-Unix; 71`, Sendmail's report of a local mailer such as a
+/// pipe to a program): the number alone says nothing to a reader or to the classifier, so it is written out,
+/// with its sysexits.h name and meaning when it has one. `None` for other types and for texts that are not a
+/// bare number.
+fn exit_status_text(diagnostic_type: &str, text: &str) -> Option<String> {
+    if diagnostic_type != "x-unix" {
+        return None;
+    }
+    let code: u16 = text.trim().parse().ok()?;
+    let known = code.checked_sub(64).and_then(|i| SYSEXITS.get(usize::from(i)));
+    Some(match known {
+        Some((name, meaning)) => format!("mailer program exited with status {code} ({name}: {meaning})"),
+        None => format!("mailer program exited with status {code}"),
     })
 }
 
@@ -136,6 +203,28 @@ mod tests {
         assert_eq!(r.reporting_mta.as_deref(), Some("mx.example.jp"));
         assert_eq!(r.arrival_date.as_deref(), Some("Thu, 29 Apr 2010 23:34:45 +0900"));
         assert_eq!(r.last_attempt_date.as_deref(), Some("Thu, 29 Apr 2010 23:34:46 +0900"));
+    }
+
+    #[test]
+    fn a_bare_exit_status_of_a_local_mailer_is_written_out() {
+        let block = "Final-Recipient: rfc822; a@example.org\nAction: delayed\nStatus: 4.5.0\nDiagnostic-Code: X-Unix; 71\n";
+        let r = &recipients(&[block])[0];
+        assert_eq!(r.diagnostic_type.as_deref(), Some("x-unix"));
+        assert_eq!(r.diagnostic.as_deref(), Some("mailer program exited with status 71 (EX_OSERR: operating system error)"));
+        assert_eq!(r.status.as_deref(), Some("4.5.0"));
+        assert_eq!(exit_status_text("x-unix", "127").as_deref(), Some("mailer program exited with status 127"));
+        assert_eq!(exit_status_text("x-unix", "procmail: Lock failure"), None);
+        assert_eq!(exit_status_text("smtp", "550"), None);
+    }
+
+    #[test]
+    fn pasted_field_blocks_are_blanked_and_prose_kept() {
+        let text = "Transcript:\n554 no such mailer\n\nReporting-MTA: dns; a.example\n\nFinal-Recipient: rfc822; b@c.example\n\
+            Status: 5.5.0\n\nStatus: not a field block? it is one\nThe end.\n";
+        let blanked = without_fields(text);
+        assert_eq!(blanked.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>(), ["Transcript:", "554 no such mailer"]);
+        assert_eq!(blanked.split('\n').count(), text.lines().count(), "line numbers stay");
+        assert_eq!(without_fields("Note: fields below\nStatus: 5.0.0"), "Note: fields below\nStatus: 5.0.0");
     }
 
     #[test]

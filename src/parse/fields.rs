@@ -86,12 +86,15 @@ pub(crate) fn get<'a>(block: &'a [Field<'_>], name: &str) -> Option<&'a str> {
     block.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.value.as_ref()).filter(|v| !v.is_empty())
 }
 
+/// Longest type name read before a `;` (`X-Outbound-Mail-Relay` and other `X-` types run past 20 bytes).
+const MAX_TYPE_LEN: usize = 40;
+
 /// Splits a typed value `type; text` (RFC 3464 address-type / diagnostic-type / mta-name-type) into its
 /// lowercase type and text. Values without a type give `(None, value)`.
 pub(crate) fn split_typed(value: &str) -> (Option<String>, &str) {
     if let Some((kind, rest)) = value.split_once(';') {
         let kind = kind.trim();
-        if !kind.is_empty() && kind.len() <= 20 && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !kind.is_empty() && kind.len() <= MAX_TYPE_LEN && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return (Some(kind.to_ascii_lowercase()), rest.trim());
         }
     }
@@ -123,5 +126,6 @@ mod tests {
     fn typed_values_split() {
         assert_eq!(split_typed("SMTP; 550 no"), (Some("smtp".into()), "550 no"));
         assert_eq!(split_typed("550 no; really"), (None, "550 no; really"));
+        assert_eq!(split_typed("X-Outbound-Mail-Relay; Name service error"), (Some("x-outbound-mail-relay".into()), "Name service error"));
     }
 }

@@ -81,6 +81,20 @@ fn is_strong_header(name: &str) -> bool {
     STRONG_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Whether a line is a field of a quoted header block (`  To: a@b.example`).
+fn is_header_line(line: &str) -> bool {
+    header_name(line.trim_start()).is_some_and(is_known_header)
+}
+
+/// The mention lines (indices into `lines`) to read an address's reasons from: a mention in a quoted header
+/// line (`To: a@b.example`, as Exchange repeats the message's header fields above the list of failures)
+/// starts a block of headers, not of reasons, so such lines are used only when the address is mentioned
+/// nowhere else.
+fn reason_lines(lines: &[&str], mentions: Vec<usize>) -> Vec<usize> {
+    let prose: Vec<usize> = mentions.iter().copied().filter(|&i| !is_header_line(lines[i])).collect();
+    if prose.is_empty() { mentions } else { prose }
+}
+
 /// Index of the first line of the returned message's header block, if the text carries a copy:
 /// three or more header lines in a row, at least one of them only a header block would have. The copy may
 /// be indented as a whole ("   Return-Path: …" with deeper-indented continuation lines).
@@ -242,7 +256,7 @@ const MIN_EXPLANATION_WORDS: usize = 4;
 
 /// Whether a paragraph says something in sentences: at least [`MIN_EXPLANATION_WORDS`] words with a letter
 /// that are not addresses.
-fn is_explanation(lines: &[&str]) -> bool {
+pub(crate) fn is_explanation(lines: &[&str]) -> bool {
     lines
         .iter()
         .flat_map(|l| l.split_whitespace())
@@ -251,25 +265,60 @@ fn is_explanation(lines: &[&str]) -> bool {
         .is_some()
 }
 
-/// The first paragraph that carries an SMTP reply or status code, else the text from the first paragraph
-/// that explains (not a heading or salutation, see [`is_explanation`]; else the first non-empty one), up to
-/// `MAX_BLOCK_LINES` lines: the bounce's own explanation, used for recipients whose block says nothing.
-pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
-    let mut paragraphs: Vec<(usize, usize)> = Vec::new();
+/// The paragraphs of `lines` as `(first, past_last)` line ranges; blank and rule lines separate them.
+pub(crate) fn paragraphs(lines: &[&str]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
     let mut start = None;
     for (i, l) in lines.iter().enumerate() {
         match (l.trim().is_empty() || is_separator(l), start) {
             (false, None) => start = Some(i),
             (true, Some(s)) => {
-                paragraphs.push((s, i));
+                out.push((s, i));
                 start = None;
             }
             _ => {}
         }
     }
     if let Some(s) = start {
-        paragraphs.push((s, lines.len()));
+        out.push((s, lines.len()));
     }
+    out
+}
+
+/// A notice that says in its opening paragraphs what became of a message, without SMTP replies or a list of
+/// failed recipients (a mailing-list manager's "You are not a member of this mailing list <list>",
+/// "Duplicated Message-ID in <list>"): the explanation runs from the first paragraph up to one that
+/// introduces the quoted message (ending with a colon), at most `MAX_BLOCK_LINES` lines, and the address it
+/// names first (of the sender side only when it names no other) is the one the message did not reach.
+/// Returns that address and the explanation.
+pub(crate) fn notice(lines: &[&str], ctx: &Context) -> Option<(String, String)> {
+    let mut kept: Vec<&str> = Vec::new();
+    for (s, e) in paragraphs(lines) {
+        let paragraph = &lines[s..e];
+        if kept.len() >= MAX_BLOCK_LINES
+            || (!kept.is_empty() && paragraph.last().is_some_and(|l| l.trim_end().ends_with(':')))
+        {
+            break;
+        }
+        kept.extend(paragraph.iter().copied().filter(|l| !is_separator(l)));
+    }
+    kept.truncate(MAX_BLOCK_LINES);
+    let text = truncate(collapse_ws(&kept.join(" ")));
+    let found = find_addresses(&text);
+    let addr = found
+        .iter()
+        .find(|m| !ctx.sender_side.contains(&m.addr.to_ascii_lowercase()))
+        .or_else(|| found.first())?
+        .addr
+        .clone();
+    Some((addr, text))
+}
+
+/// The first paragraph that carries an SMTP reply or status code, else the text from the first paragraph
+/// that explains (not a heading or salutation, see [`is_explanation`]; else the first non-empty one), up to
+/// `MAX_BLOCK_LINES` lines: the bounce's own explanation, used for recipients whose block says nothing.
+pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
+    let paragraphs = paragraphs(lines);
     let with_code = paragraphs.iter().find(|(s, e)| lines[*s..*e].iter().any(|l| has_code(l)));
     let (s, e) = match with_code {
         Some(&(s, e)) => (s, e),
@@ -293,7 +342,7 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
 }
 
 /// Whether a diagnostic says more than the address itself.
-fn is_informative(diag: &str, addr: &str) -> bool {
+pub(crate) fn is_informative(diag: &str, addr: &str) -> bool {
     let without = match find_ci(diag, &addr.to_ascii_lowercase()) {
         Some(pos) => format!("{}{}", &diag[..pos], &diag[pos + addr.len()..]),
         None => diag.to_string(),
@@ -404,7 +453,7 @@ pub(crate) fn recipients(text: &BounceText<'_>, ctx: &Context, strict: bool) -> 
             .collect();
         let mut blocks: Vec<String> = Vec::new();
         let mut last_end = 0;
-        for &l in &own_lines {
+        for l in reason_lines(lines, own_lines) {
             if l < last_end {
                 continue;
             }
@@ -486,10 +535,11 @@ pub(crate) fn fill_codes(
 const DIAGNOSTIC_KEY: usize = 40;
 
 /// The SMTP command that the reply quoted in `diagnostic` answered, read from the report's text when the
-/// diagnostic itself does not say: the text is searched for a line quoting the diagnostic's start (as a
-/// transcript does: `... while talking to mx.example.org.:` / `>>> DATA` / `<<< 550 Unknown user`), and the
-/// command is the one named last before that line in its paragraph. Lines that quote the diagnostic
-/// without naming a command before them ("(reason: 550 …)") are passed over.
+/// diagnostic itself does not say: the text is searched for a paragraph quoting the diagnostic's start (as a
+/// transcript does: `... while talking to mx.example.org.:` / `>>> DATA` / `<<< 550 Unknown user`; the
+/// quote may be folded over several lines), and the command is the one named last before the quoted reply
+/// in that paragraph, else the first named after it (`said: 550 …` / `(in reply to RCPT TO command)`).
+/// Paragraphs that quote the diagnostic but name no command ("(reason: 550 …)") are passed over.
 pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Option<u16>) -> Option<&'static str> {
     let diagnostic = collapse_ws(diagnostic);
     let mut end = DIAGNOSTIC_KEY.min(diagnostic.len());
@@ -501,19 +551,18 @@ pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Opt
         return None;
     }
     let lines = text.before();
-    let mut paragraph_start = 0;
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            paragraph_start = i + 1;
-            continue;
+    let mut start = 0;
+    while start < lines.len() {
+        let end = lines[start..].iter().position(|l| l.trim().is_empty()).map_or(lines.len(), |k| start + k);
+        // The paragraph as one line, so that a quote folded over lines is found.
+        let paragraph = collapse_ws(&lines[start..end].join(" "));
+        if let Some(pos) = find_ci(&paragraph, &key) {
+            let at = pos + reply.and_then(|c| smtp::reply_position(&paragraph[pos..], c)).unwrap_or(0);
+            if let Some(command) = smtp::smtp_command_at(&paragraph, Some(at)) {
+                return Some(command);
+            }
         }
-        if find_ci(&collapse_ws(line), &key).is_none() {
-            continue;
-        }
-        let before = lines[paragraph_start..=i].join("\n");
-        if let Some(command) = smtp::smtp_command_for(&before, reply) {
-            return Some(command);
-        }
+        start = end + 1;
     }
     None
 }
@@ -532,15 +581,10 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
         .filter(|(_, l)| others.iter().any(|o| find_ci(l, o).is_some()) && find_ci(l, &key).is_none())
         .map(|(i, _)| i)
         .collect();
-    // A mention in a quoted header line (`To: a@b.example`) starts a block of headers, not of reasons: such
-    // lines are used only when the address is mentioned nowhere else.
-    let is_header_line = |line: &str| header_name(line.trim_start()).is_some_and(is_known_header);
     let mentions: Vec<usize> = (0..lines.len()).filter(|&i| find_ci(lines[i], &key).is_some()).collect();
-    let prose: Vec<usize> = mentions.iter().copied().filter(|&i| !is_header_line(lines[i])).collect();
-    let starts = if prose.is_empty() { mentions } else { prose };
     let mut out = Vec::new();
     let mut last_end = 0;
-    for idx in starts {
+    for idx in reason_lines(lines, mentions) {
         if idx < last_end {
             continue;
         }
@@ -609,6 +653,24 @@ mod tests {
         let r = recipients(&BounceText::new(text), &c, false);
         assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org", "b@example.org"]);
         assert!(r[1].diagnostic.as_deref().is_some_and(|d| d.contains("not recognized")));
+    }
+
+    #[test]
+    fn a_notice_is_its_opening_paragraphs_and_names_the_address_first_mentioned() {
+        let text = "Your post to the list <cats@lists.example.org> was refused: only members may post.\n\n\
+            To join, write to\n\n   cats-join@lists.example.org\n\nThe message you sent:\n\n   Subject: hi\n";
+        let lines: Vec<&str> = lines(text).collect();
+        let (addr, diagnostic) = notice(&lines, &ctx(&[])).expect("a notice");
+        assert_eq!(addr, "cats@lists.example.org");
+        assert_eq!(
+            diagnostic,
+            "Your post to the list <cats@lists.example.org> was refused: only members may post. To join, write to \
+             cats-join@lists.example.org"
+        );
+        let (addr, _) = notice(&["Mail from <me@example.com> to <cats@lists.example.org> was held."], &ctx(&["me@example.com"]))
+            .expect("a notice");
+        assert_eq!(addr, "cats@lists.example.org", "the sender side is passed over");
+        assert!(notice(&["No address in this notice."], &ctx(&[])).is_none());
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! RFC 3834 auto-replies, and everything else as `unparsed`. Pure: no I/O, never panics on any input.
 //!
 //! How a message is read (`detect`): mail-parser splits the MIME structure once (`mime`); then, in order,
-//! a feedback-report part or bare ARF block (`arf`), a delivery-status part (`dsn`, completed from the
-//! human-readable part), an Amazon SES JSON notification (`ses`), an auto-reply (`autoreply`), RFC 3464
-//! fields pasted into text, and finally the free text (`freetext`), where recipients and diagnostics are
-//! found by where addresses stand relative to SMTP replies (`smtp`), not by per-MTA patterns. A report
+//! a feedback-report part or bare ARF block (`arf`; a complaint sent with nothing but the complained-about
+//! message attached counts as an `abuse` report without fields), a delivery-status part (`dsn`, completed
+//! from the human-readable part), an Amazon SES JSON notification (`ses`), an auto-reply (`autoreply`),
+//! RFC 3464 fields pasted into text, a mailing-list manager's notice about a post it refused (the list is
+//! the recipient, the opening paragraphs the diagnostic), and finally the free text (`freetext`), where
+//! recipients and diagnostics are found by where addresses stand relative to SMTP replies (`smtp`), not by
+//! per-MTA patterns. A report
 //! forwarded as an attachment is read from the attachment. CR-only input is turned into LF first; CRLF and
 //! LF are read as they are.
 

@@ -193,9 +193,19 @@ pub(crate) fn smtp_command(text: &str) -> Option<&'static str> {
 /// [`smtp_command`] for the reply `code` when it is known (e.g. from a DSN's Diagnostic-Code): the command
 /// is read around the first occurrence of that reply in `text` rather than around its last failure reply.
 pub(crate) fn smtp_command_for(text: &str, code: Option<u16>) -> Option<&'static str> {
+    let anchored = code.and_then(|c| reply_position(text, c));
+    smtp_command_at(text, anchored.or_else(|| failure_reply(text).2))
+}
+
+/// Byte position of the first reply `code` standing as its own token in `text`.
+pub(crate) fn reply_position(text: &str, code: u16) -> Option<usize> {
     let b = text.as_bytes();
-    let anchored = code.and_then(|c| code_starts(b).find(|&i| reply_at(b, i) == Some(c)));
-    let reply_pos = anchored.or_else(|| failure_reply(text).2);
+    code_starts(b).find(|&i| reply_at(b, i) == Some(code))
+}
+
+/// [`smtp_command`] for the reply at byte `reply_pos` of `text`: the command named last before it, else the
+/// first named after it (anywhere in `text` without a position).
+pub(crate) fn smtp_command_at(text: &str, reply_pos: Option<usize>) -> Option<&'static str> {
     let mut before = None;
     let mut after = None;
     for m in command_regex().find_iter(text) {

@@ -244,7 +244,7 @@ async fn read_segment<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>
         if available.is_empty() {
             return Ok(total);
         }
-        let (n, line_ended) = crate::ingest::take_line(available, buf, cap - total);
+        let (n, line_ended) = crate::ingest::take_line(available, buf, cap - total, b'\n');
         reader.consume(n);
         total += n;
         if line_ended || total >= cap {
