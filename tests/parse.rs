@@ -181,7 +181,7 @@ fn arf_abuse_report_keeps_every_field() {
     assert!(f.has_original);
     assert_eq!(f.fields.len(), 12);
     assert_eq!(f.fields[5].0, "Original-Rcpt-To");
-    assert_eq!(rcpts(&p), ["reader@isp.example.net"]);
+    assert_eq!(rcpts(&p), ["reader@isp.example.net", "second@isp.example.net"], "one recipient per Original-Rcpt-To");
     assert_eq!(p.original.and_then(|o| o.subject).as_deref(), Some("Weekly offers"));
 }
 

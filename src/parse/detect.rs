@@ -151,7 +151,7 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
 
     if let Some(report) = feedback_report(message, data, &walk) {
         parsed.kind = Kind::Arf;
-        parsed.recipients.push(arf_recipient(&report, &walk, message));
+        parsed.recipients = arf_recipients(&report, &walk, message);
         parsed.feedback = Some(report);
         return parsed;
     }
@@ -300,29 +300,45 @@ fn feedback_report(message: &Message<'_>, data: &[u8], walk: &Walk<'_>) -> Optio
         .then(|| FeedbackReport { feedback_type: "abuse".to_string(), has_original, ..FeedbackReport::default() })
 }
 
-/// The recipient an ARF report is about: the first Original-Rcpt-To, else the returned message's first
-/// recipient (To, Cc, Received `for`), else the reported domain, else the report's own To.
-fn arf_recipient(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Recipient {
-    let recipient = report
-        .original_rcpt_to
-        .iter()
-        .find_map(|r| clean_address(r))
-        .or_else(|| walk.original_recipients.iter().find(|a| a.contains('@')).cloned())
-        .or_else(|| report.reported_domains.first().cloned())
-        .or_else(|| first_address(message.to()).filter(|a| a.contains('@')))
-        .unwrap_or_default();
-    Recipient {
-        recipient,
-        diagnostic: walk
-            .texts
-            .first()
-            .and_then(|t| summary(t))
-            .or_else(|| message.subject().map(collapse_ws).filter(|s| !s.is_empty()))
-            .or_else(|| Some(report.feedback_type.clone())),
-        reporting_mta: report.reporting_mta.as_deref().map(|m| super::fields::split_typed(m).1.to_string()),
-        arrival_date: report.arrival_date.clone(),
-        ..Recipient::default()
+/// The recipients an ARF report is about: one per distinct Original-Rcpt-To (a complaint about a message sent to
+/// several of the reporter's users names each, and each can be suppressed), else one: the returned message's
+/// first recipient (To, Cc, Received `for`), else the reported domain, else the report's own To. All share the
+/// report's summary, reporting MTA and arrival date.
+fn arf_recipients(report: &FeedbackReport, walk: &Walk<'_>, message: &Message<'_>) -> Vec<Recipient> {
+    let mut addresses: Vec<String> = Vec::new();
+    for address in report.original_rcpt_to.iter().filter_map(|r| clean_address(r)) {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
     }
+    if addresses.is_empty() {
+        let fallback = walk
+            .original_recipients
+            .iter()
+            .find(|a| a.contains('@'))
+            .cloned()
+            .or_else(|| report.reported_domains.first().cloned())
+            .or_else(|| first_address(message.to()).filter(|a| a.contains('@')))
+            .unwrap_or_default();
+        addresses.push(fallback);
+    }
+    let diagnostic = walk
+        .texts
+        .first()
+        .and_then(|t| summary(t))
+        .or_else(|| message.subject().map(collapse_ws).filter(|s| !s.is_empty()))
+        .or_else(|| Some(report.feedback_type.clone()));
+    let reporting_mta = report.reporting_mta.as_deref().map(|m| super::fields::split_typed(m).1.to_string());
+    addresses
+        .into_iter()
+        .map(|recipient| Recipient {
+            recipient,
+            diagnostic: diagnostic.clone(),
+            reporting_mta: reporting_mta.clone(),
+            arrival_date: report.arrival_date.clone(),
+            ..Recipient::default()
+        })
+        .collect()
 }
 
 /// Addresses that are probably not the failed recipient (the report's addressee, the original sender) and
