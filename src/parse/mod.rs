@@ -8,9 +8,8 @@
 //! RFC 3464 fields pasted into text, a mailing-list manager's notice about a post it refused (the list is
 //! the recipient, the opening paragraphs the diagnostic), and finally the free text (`freetext`), where
 //! recipients and diagnostics are found by where addresses stand relative to SMTP replies (`smtp`), not by
-//! per-MTA patterns. A report
-//! forwarded as an attachment is read from the attachment. CR-only input is turned into LF first; CRLF and
-//! LF are read as they are.
+//! per-MTA patterns. A report forwarded as an attachment is read from the attachment. CR-only input is turned
+//! into LF first; CRLF and LF are read as they are.
 
 use serde::Serialize;
 
