@@ -97,6 +97,7 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
     };
     let status_field = get(block, "Status").and_then(smtp::enhanced_status);
     let (reply_code, diag_status) = diagnostic.as_deref().map(smtp::codes).unwrap_or_default();
+    let diagnostic = diagnostic.map(|d| with_status_comment(d, get(block, "Status")));
     let action = get(block, "Action").map(|a| a.split_whitespace().next().unwrap_or(a).to_ascii_lowercase());
     let status = pick_status(status_field, diag_status, action.as_deref());
     let smtp_command = diagnostic.as_deref().and_then(smtp::smtp_command).map(str::to_string);
@@ -115,6 +116,23 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         arrival_date: get(block, "Arrival-Date").map(str::to_string).or_else(|| pm.arrival_date.clone()),
         last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
     })
+}
+
+/// `diagnostic` followed by the Status field's comment in parentheses (`Status: 5.2.1 (mailbox disabled, not
+/// accepting messages)`) when the comment has words the diagnostic does not already hold: the reporting
+/// MTA's own reading of the code, which can say more than the remote reply (a "User Unknown" for a disabled
+/// mailbox).
+fn with_status_comment(diagnostic: String, status: Option<&str>) -> String {
+    let comment = status
+        .and_then(|s| s.split_once('('))
+        .map(|(_, rest)| rest.trim_end().trim_end_matches(')').trim())
+        .filter(|c| c.chars().filter(|ch| ch.is_alphabetic()).count() >= 3);
+    match comment {
+        Some(c) if crate::parse::text::find_ci(&diagnostic, &c.to_ascii_lowercase()).is_none() => {
+            format!("{diagnostic} ({c})")
+        }
+        _ => diagnostic,
+    }
 }
 
 /// The exit codes of sysexits.h (64..=78) that a local delivery program returns, with their names and meanings.
@@ -225,6 +243,19 @@ mod tests {
         assert_eq!(blanked.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>(), ["Transcript:", "554 no such mailer"]);
         assert_eq!(blanked.split('\n').count(), text.lines().count(), "line numbers stay");
         assert_eq!(without_fields("Note: fields below\nStatus: 5.0.0"), "Note: fields below\nStatus: 5.0.0");
+    }
+
+    #[test]
+    fn the_status_comment_follows_the_diagnostic_unless_it_says_nothing_new() {
+        let block = "Final-Recipient: rfc822; a@example.org\nAction: failed\n\
+            Status: 5.2.1 (mailbox disabled, not accepting messages)\nDiagnostic-Code: smtp; 550 5.2.1 <a@example.org>... User Unknown\n";
+        let r = recipients(&[block]).remove(0);
+        assert_eq!(r.diagnostic.as_deref(), Some("550 5.2.1 <a@example.org>... User Unknown (mailbox disabled, not accepting messages)"));
+        assert_eq!(r.status.as_deref(), Some("5.2.1"));
+        assert_eq!(with_status_comment("550 Host not found".into(), Some("5.4.4 (host not found)")), "550 Host not found");
+        assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0 (5.0.0)")), "550 nope");
+        assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0")), "550 nope");
+        assert_eq!(with_status_comment("550 nope".into(), None), "550 nope");
     }
 
     #[test]
