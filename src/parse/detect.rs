@@ -157,9 +157,8 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     }
 
     if !walk.delivery_status.is_empty() {
-        let mut recipients = dsn::recipients(&walk.delivery_status);
+        let recipients = dsn_recipients(&walk.delivery_status, &text);
         if !recipients.is_empty() {
-            complete_from_text(&mut recipients, &text);
             parsed.kind = Kind::Dsn;
             parsed.recipients = recipients;
             return parsed;
@@ -190,10 +189,9 @@ fn read(message: &Message<'_>, data: &[u8], depth: u8) -> Parsed {
     }
 
     if dsn::looks_like_dsn_fields(&joined) {
-        let mut recipients = dsn::recipients(&[joined.as_ref()]);
+        let prose = dsn::without_fields(&joined);
+        let recipients = dsn_recipients(&[joined.as_ref()], &BounceText::new(&prose));
         if !recipients.is_empty() {
-            let prose = dsn::without_fields(&joined);
-            complete_from_text(&mut recipients, &BounceText::new(&prose));
             parsed.kind = Kind::Bounce;
             parsed.recipients = recipients;
             return parsed;
@@ -355,6 +353,23 @@ fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
 /// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text:
 /// the text's block about the recipient, unless it says no more than the address; then, in a report about
 /// one recipient, the report's own explanation (see [`freetext::global_diagnostic`]).
+/// The recipients of RFC 3464 field blocks, completed from the report's text (see [`complete_from_text`]); a
+/// recipient that neither its block nor the text explains takes its Status field's comment as diagnostic.
+fn dsn_recipients(parts: &[impl AsRef<str>], text: &BounceText<'_>) -> Vec<Recipient> {
+    let (mut recipients, comments): (Vec<Recipient>, Vec<Option<String>>) =
+        dsn::recipients_and_comments(parts).into_iter().unzip();
+    if recipients.is_empty() {
+        return recipients;
+    }
+    complete_from_text(&mut recipients, text);
+    for (r, comment) in recipients.iter_mut().zip(comments) {
+        if r.diagnostic.is_none() {
+            r.diagnostic = comment;
+        }
+    }
+    recipients
+}
+
 fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
     if text.before().is_empty() {
         return;

@@ -60,8 +60,11 @@ pub(crate) fn without_fields(text: &str) -> String {
     out.join("\n")
 }
 
-/// Parses the bodies of the delivery-status parts into recipients (in order).
-pub(crate) fn recipients(parts: &[impl AsRef<str>]) -> Vec<Recipient> {
+/// Parses the bodies of the delivery-status parts into recipients (in order), each with its Status field's
+/// comment when its block has no Diagnostic-Code to carry it (`Status: 4.0.0 (cat.example.net: host name
+/// lookup failure)`): the diagnostic of last resort, for a recipient that the report's text says nothing of
+/// either.
+pub(crate) fn recipients_and_comments(parts: &[impl AsRef<str>]) -> Vec<(Recipient, Option<String>)> {
     let mut out = Vec::new();
     for part in parts {
         let mut per_message = PerMessage::default();
@@ -76,7 +79,8 @@ pub(crate) fn recipients(parts: &[impl AsRef<str>]) -> Vec<Recipient> {
                 continue;
             }
             if let Some(r) = recipient(&block, &per_message) {
-                out.push(r);
+                let comment = get(&block, "Status").and_then(status_comment).filter(|_| r.diagnostic.is_none());
+                out.push((r, comment.map(str::to_string)));
             }
         }
     }
@@ -123,16 +127,19 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
 /// MTA's own reading of the code, which can say more than the remote reply (a "User Unknown" for a disabled
 /// mailbox).
 fn with_status_comment(diagnostic: String, status: Option<&str>) -> String {
-    let comment = status
-        .and_then(|s| s.split_once('('))
-        .map(|(_, rest)| rest.trim_end().trim_end_matches(')').trim())
-        .filter(|c| c.chars().filter(|ch| ch.is_alphabetic()).count() >= 3);
-    match comment {
+    match status.and_then(status_comment) {
         Some(c) if crate::parse::text::find_ci(&diagnostic, &c.to_ascii_lowercase()).is_none() => {
             format!("{diagnostic} ({c})")
         }
         _ => diagnostic,
     }
+}
+
+/// The comment of a Status field value (`5.2.1 (mailbox disabled, not accepting messages)`) when it has
+/// words.
+fn status_comment(status: &str) -> Option<&str> {
+    let (_, rest) = status.split_once('(')?;
+    Some(rest.trim_end().trim_end_matches(')').trim()).filter(|c| c.chars().filter(|ch| ch.is_alphabetic()).count() >= 3)
 }
 
 /// The exit codes of sysexits.h (64..=78) that a local delivery program returns, with their names and meanings.
@@ -195,6 +202,10 @@ pub(crate) fn pick_status(field: Option<String>, diagnostic: Option<String>, act
 mod tests {
     use super::*;
 
+    fn recipients(parts: &[&str]) -> Vec<Recipient> {
+        recipients_and_comments(parts).into_iter().map(|(r, _)| r).collect()
+    }
+
     const DS: &str = "Reporting-MTA: dns; mx.example.jp\nArrival-Date: Thu, 29 Apr 2010 23:34:45 +0900\n\n\
         Final-Recipient: RFC822; Kijitora@Example.ORG\nOriginal-Recipient: rfc822; cat@example.org\n\
         Action: failed\nStatus: 5.0.0\nRemote-MTA: DNS; mx.example.org\n\
@@ -256,6 +267,11 @@ mod tests {
         assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0 (5.0.0)")), "550 nope");
         assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0")), "550 nope");
         assert_eq!(with_status_comment("550 nope".into(), None), "550 nope");
+        let bare = "Final-Recipient: rfc822; b@example.net\nAction: delayed\nStatus: 4.0.0 (example.net: host name lookup failure)\n";
+        let (r, comment) = recipients_and_comments(&[bare]).remove(0);
+        assert_eq!(r.diagnostic, None);
+        assert_eq!(comment.as_deref(), Some("example.net: host name lookup failure"));
+        assert_eq!(recipients_and_comments(&[block]).remove(0).1, None, "a Diagnostic-Code carries the comment itself");
     }
 
     #[test]
