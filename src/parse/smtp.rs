@@ -208,29 +208,36 @@ struct CommandMention {
 }
 
 impl CommandSearcher {
-    /// The searcher, built on first use.
-    fn get() -> &'static CommandSearcher {
-        static SEARCHER: LazyLock<CommandSearcher> = LazyLock::new(|| {
-            let mut patterns = Vec::new();
-            let mut commands = Vec::new();
-            let mut needs_boundary = Vec::new();
-            // The spellings of one phrase are listed together, in the phrase's place: at one position at most
-            // one of them matches, and the phrase listed first wins as it did in the regex alternation.
-            for (phrase, command) in COMMAND_PHRASES {
-                for spelling in spellings(phrase) {
-                    commands.push((spelling == *phrase).then_some(*command));
-                    needs_boundary.push(phrase.starts_with(|c: char| c.is_ascii_alphanumeric()));
-                    patterns.push(spelling);
-                }
+    /// The searcher for `text`: with the non-ASCII spellings only when `text` has `ſ` or `K` (rarely: the
+    /// automaton with them has 53 patterns instead of 31 and costs twice as much to build).
+    fn for_text(text: &str) -> &'static CommandSearcher {
+        static PLAIN: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(false));
+        static ALL_SPELLINGS: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(true));
+        if text.contains(['\u{17F}', '\u{212A}']) { &ALL_SPELLINGS } else { &PLAIN }
+    }
+
+    /// The searcher for the phrases as written, and with `non_ascii_spellings` also for their
+    /// [`spellings`] with `ſ` or `K`.
+    fn new(non_ascii_spellings: bool) -> CommandSearcher {
+        let mut patterns = Vec::new();
+        let mut commands = Vec::new();
+        let mut needs_boundary = Vec::new();
+        // The spellings of one phrase are listed together, in the phrase's place: at one position at most one
+        // of them matches, and the phrase listed first wins as it did in the regex alternation.
+        for (phrase, command) in COMMAND_PHRASES {
+            let spelt = if non_ascii_spellings { spellings(phrase) } else { vec![phrase.to_string()] };
+            for spelling in spelt {
+                commands.push((spelling == *phrase).then_some(*command));
+                needs_boundary.push(phrase.starts_with(|c: char| c.is_ascii_alphanumeric()));
+                patterns.push(spelling);
             }
-            let automaton = AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::LeftmostFirst)
-                .build(&patterns)
-                .expect("the command phrases form a valid automaton");
-            CommandSearcher { automaton, commands, needs_boundary }
-        });
-        &SEARCHER
+        }
+        let automaton = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&patterns)
+            .expect("the command phrases form a valid automaton");
+        CommandSearcher { automaton, commands, needs_boundary }
     }
 
     /// The phrases in `text`, in order, non-overlapping: at each step the earliest start, at one start the
@@ -246,7 +253,7 @@ impl CommandSearcher {
                 let id = m.pattern().as_usize();
                 let prev_is_word = m.start() > 0 && is_word(b[m.start() - 1]);
                 if self.needs_boundary[id] && prev_is_word == is_word(b[m.start()]) {
-                    // No phrase matches here: the others starting here start with a letter as well.
+                    // No phrase matches here: any other that could starts with a word character too.
                     at = m.start() + 1;
                     continue;
                 }
@@ -285,7 +292,7 @@ pub(crate) fn reply_position(text: &str, code: u16) -> Option<usize> {
 pub(crate) fn smtp_command_at(text: &str, reply_pos: Option<usize>) -> Option<&'static str> {
     let mut before = None;
     let mut after = None;
-    for m in CommandSearcher::get().mentions(text) {
+    for m in CommandSearcher::for_text(text).mentions(text) {
         match reply_pos {
             Some(p) if m.start < p => before = Some(m),
             _ => {
@@ -407,10 +414,12 @@ mod tests {
     }
 
     fn assert_command_search_as_reference(text: &str) {
-        let found: Vec<(usize, Option<&str>)> =
-            CommandSearcher::get().mentions(text).map(|m| (m.start, m.command)).collect();
         let reference = reference_mentions(text);
-        assert_eq!(found, reference, "mentions in {text:?}");
+        // The searcher chosen for the text, and the one with every spelling (chosen for a text with `ſ`).
+        for searcher in [CommandSearcher::for_text(text), CommandSearcher::for_text("\u{17F}")] {
+            let found: Vec<(usize, Option<&str>)> = searcher.mentions(text).map(|m| (m.start, m.command)).collect();
+            assert_eq!(found, reference, "mentions in {text:?}");
+        }
         let mut positions = vec![None, Some(0), Some(text.len() / 2), Some(text.len())];
         positions.extend(reference.iter().flat_map(|(start, _)| [Some(*start), Some(start + 1)]));
         positions.extend(code_starts(text.as_bytes()).map(Some));
