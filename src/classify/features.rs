@@ -282,12 +282,13 @@ fn ipv4s(t: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(c) = t[i..].chars().next() {
-        if is_decimal(c) && !word_before(t, i) {
-            if let Some(end) = dotted_decimal_at(t, i, 4) {
-                out.push(i..end);
-                i = end;
-                continue;
-            }
+        if is_decimal(c)
+            && !word_before(t, i)
+            && let Some(end) = dotted_decimal_at(t, i, 4)
+        {
+            out.push(i..end);
+            i = end;
+            continue;
         }
         i += c.len_utf8();
     }
@@ -427,7 +428,8 @@ fn urls(t: &str) -> Vec<Range<usize>> {
         if start < resume || word_before(t, start) {
             continue;
         }
-        let (end, count) = run_of(t, colon + 3, |c| !c.is_whitespace() && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']'));
+        let in_url = |c: char| !c.is_whitespace() && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']');
+        let (end, count) = run_of(t, colon + 3, in_url);
         if count > 0 {
             out.push(start..end);
             resume = end;
@@ -828,8 +830,11 @@ mod tests {
     static DOTTED: Mask = Mask::new(r"(?i)\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)+\b");
     static ALNUM: Mask = Mask::new(r"\b[\p{L}\p{N}_]+\b");
 
+    /// A hand scanner: the byte ranges of its matches in a text.
+    type Scanner = fn(&str) -> Vec<Range<usize>>;
+
     /// Each hand scanner beside the regex it replaced.
-    fn scanners() -> [(&'static str, fn(&str) -> Vec<Range<usize>>, &'static Mask); 6] {
+    fn scanners() -> [(&'static str, Scanner, &'static Mask); 6] {
         [
             ("urls", urls, &URL),
             ("emails", emails, &EMAIL),
