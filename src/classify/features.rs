@@ -18,6 +18,8 @@
 //! key: "mailbox" and the transposition typo "mialbox" share it, where a swap breaks most character grams).
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -134,8 +136,10 @@ impl Signals {
 
 /// A masking pattern, compiled on its first use. Compiling one costs from 0.3 to 4 million instructions
 /// (most of it for the Unicode classes of `\d`, `\b` and `\p{..}`), and a text runs only the passes its
-/// characters call for, so a short run (`classify --text`, a few files) compiles only the patterns it uses:
-/// the word mask, the dearest, serves only non-ASCII texts with digits.
+/// characters call for, so a short run compiles only the patterns it uses. Only the IPv6 mask is left a
+/// regex: the others are scanned by hand ([`urls`], [`emails`], [`ipv4s`], [`enhanced_codes`],
+/// [`dotted_names`], [`alnum_words`]), each giving exactly the matches of the pattern written in its
+/// documentation (the tests hold each to that regex).
 struct Mask {
     pattern: &'static str,
     compiled: OnceLock<Regex>,
@@ -151,14 +155,303 @@ impl Mask {
     }
 }
 
-static URL: Mask = Mask::new(r"(?i)\b(?:https?|ftp)://[^\s<>()\[\]]+");
-static EMAIL: Mask = Mask::new(r"(?i)[a-z0-9._%+\-=/]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*");
-static IPV4: Mask = Mask::new(r"\b\d{1,3}(?:\.\d{1,3}){3}\b");
 static IPV6: Mask =
     Mask::new(r"(?i)\b(?:[0-9a-f]{1,4}:){3,7}[0-9a-f]{1,4}\b|(?i)\b(?:[0-9a-f]{1,4}:){1,6}:(?:[0-9a-f]{1,4})?\b");
-static ENHANCED: Mask = Mask::new(r"\b[245]\.\d{1,3}\.\d{1,3}\b");
-static DOTTED: Mask = Mask::new(r"(?i)\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)+\b");
-static ALNUM: Mask = Mask::new(r"\b[\p{L}\p{N}_]+\b");
+
+/// Whether `c` is a word character for `\b` (Unicode: letters, marks, decimal digits, connector
+/// punctuation, join controls), by the regex crate's own definition.
+fn is_word_char(c: char) -> bool {
+    if c.is_ascii() { regex_syntax::is_word_byte(c as u8) } else { regex_syntax::is_word_character(c) }
+}
+
+/// Whether the character before byte `i` of `t` is a word character (false at the start).
+fn word_before(t: &str, i: usize) -> bool {
+    t[..i].chars().next_back().is_some_and(is_word_char)
+}
+
+/// Whether the character at byte `i` of `t` is a word character (false at the end).
+fn word_at(t: &str, i: usize) -> bool {
+    t[i..].chars().next().is_some_and(is_word_char)
+}
+
+/// Unicode `\b` at byte `i` of `t`: a word character on one side only.
+fn word_boundary(t: &str, i: usize) -> bool {
+    word_before(t, i) != word_at(t, i)
+}
+
+/// The ranges of the Unicode class `pattern` as the regex crate reads it (its own tables, through its
+/// parser: a few thousand instructions, where compiling a regex with the class costs millions).
+fn unicode_class(pattern: &str) -> Vec<(char, char)> {
+    use regex_syntax::hir::{Class, HirKind};
+    let hir = regex_syntax::parse(pattern).unwrap_or_else(|e| panic!("{pattern} is a valid pattern: {e}"));
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(class)) => class.ranges().iter().map(|r| (r.start(), r.end())).collect(),
+        other => unreachable!("{pattern} parses to a Unicode class, not {other:?}"),
+    }
+}
+
+/// Whether `c` falls in one of `ranges` (sorted, disjoint).
+fn in_class(ranges: &[(char, char)], c: char) -> bool {
+    ranges
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                Ordering::Less
+            } else if lo > c {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// Whether `c` is a decimal digit as Unicode `\d` reads it (general category Nd).
+fn is_decimal(c: char) -> bool {
+    static DECIMAL: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    if c.is_ascii() { c.is_ascii_digit() } else { in_class(DECIMAL.get_or_init(|| unicode_class(r"\d")), c) }
+}
+
+/// Whether `c` is a letter, a number or `_`: `[\p{L}\p{N}_]`, the characters of a word the word mask reads.
+fn is_alnum(c: char) -> bool {
+    static ALNUM: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    if c.is_ascii() {
+        c.is_ascii_alphanumeric() || c == '_'
+    } else {
+        in_class(ALNUM.get_or_init(|| unicode_class(r"[\p{L}\p{N}_]")), c)
+    }
+}
+
+/// Matches of `\b[\p{L}\p{N}_]+\b` (words), in order. From a start, the furthest end within the run of
+/// word-mask characters that is a word boundary (a number like `²` is no word character for `\b`).
+fn alnum_words(t: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(c) = t[i..].chars().next() {
+        if !is_alnum(c) || !word_boundary(t, i) {
+            i += c.len_utf8();
+            continue;
+        }
+        let (run_end, _) = run_of(t, i, is_alnum);
+        let mut at = run_end;
+        let first_char_end = i + c.len_utf8();
+        let found = loop {
+            if word_boundary(t, at) {
+                break Some(at);
+            }
+            if at == first_char_end {
+                break None;
+            }
+            at -= t[..at].chars().next_back().map_or(0, char::len_utf8);
+        };
+        match found {
+            Some(end) => {
+                out.push(i..end);
+                i = end;
+            }
+            // A later start inside the run has the same ends or fewer: none matches either.
+            None => i = run_end,
+        }
+    }
+    out
+}
+
+/// Whether `c` is an ASCII letter, digit or `-`, or one of the two non-ASCII characters that `(?i)` folds
+/// onto an ASCII letter (`ſ` onto `s`, the Kelvin sign `K` onto `k`): `(?i)[a-z0-9\-]`.
+fn is_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '\u{17F}' || c == '\u{212A}'
+}
+
+/// `(?i)[a-z0-9._%+\-=/]`: a character of an address's local part.
+fn is_local_part_char(c: char) -> bool {
+    is_host_char(c) || matches!(c, '.' | '_' | '%' | '+' | '=' | '/')
+}
+
+/// The end of the run of `class` characters starting at byte `i` of `t`, and how many characters it has.
+fn run_of(t: &str, i: usize, class: impl Fn(char) -> bool) -> (usize, usize) {
+    let mut end = i;
+    let mut count = 0;
+    for c in t[i..].chars().take_while(|&c| class(c)) {
+        end += c.len_utf8();
+        count += 1;
+    }
+    (end, count)
+}
+
+/// Matches of `\b\d{1,3}(?:\.\d{1,3}){3}\b` (IPv4 addresses), in order.
+fn ipv4s(t: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(c) = t[i..].chars().next() {
+        if is_decimal(c)
+            && !word_before(t, i)
+            && let Some(end) = dotted_decimal_at(t, i, 4)
+        {
+            out.push(i..end);
+            i = end;
+            continue;
+        }
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// The end of `\d{1,3}(?:\.\d{1,3}){parts-1}\b` matched at byte `i` of `t`, if it matches there. Each part
+/// is a whole run of digits (a fourth digit leaves neither a dot nor a boundary after three).
+fn dotted_decimal_at(t: &str, i: usize, parts: usize) -> Option<usize> {
+    let mut at = i;
+    for part in 1..=parts {
+        let (end, digits) = run_of(t, at, is_decimal);
+        if !(1..=3).contains(&digits) {
+            return None;
+        }
+        if part == parts {
+            // After a digit, `\b` needs a non-word character or the end.
+            return (!word_at(t, end)).then_some(end);
+        }
+        if t.as_bytes().get(end) != Some(&b'.') {
+            return None;
+        }
+        at = end + 1;
+    }
+    None
+}
+
+/// Matches of `\b[245]\.\d{1,3}\.\d{1,3}\b` (enhanced status codes), in order.
+fn enhanced_codes(t: &str) -> Vec<Range<usize>> {
+    let b = t.as_bytes();
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for i in memchr::memchr3_iter(b'2', b'4', b'5', b) {
+        if out.last().is_some_and(|m| i < m.end) || b.get(i + 1) != Some(&b'.') || word_before(t, i) {
+            continue;
+        }
+        if let Some(end) = dotted_decimal_at(t, i + 2, 2) {
+            out.push(i..end);
+        }
+    }
+    out
+}
+
+/// Matches of `(?i)\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)+\b` (dotted names: hosts, versions), in order. From a
+/// start, the parts are whole runs (a shorter run is followed by another name character, not a dot); the
+/// regex's greedy backtracking then prefers the furthest end that is a word boundary, at least one character
+/// into the second part.
+fn dotted_names(t: &str) -> Vec<Range<usize>> {
+    let b = t.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(c) = t[i..].chars().next() {
+        if !is_host_char(c) || !word_boundary(t, i) {
+            i += c.len_utf8();
+            continue;
+        }
+        // The parts from `i`: runs of name characters joined by single dots.
+        let (first_end, _) = run_of(t, i, is_host_char);
+        let mut parts = Vec::new();
+        let mut end = first_end;
+        while b.get(end) == Some(&b'.') {
+            let (next_end, count) = run_of(t, end + 1, is_host_char);
+            if count == 0 {
+                break;
+            }
+            parts.push(end + 1..next_end);
+            end = next_end;
+        }
+        let found = parts.iter().rev().find_map(|part| {
+            // Ends from the part's end back to its first character's end, furthest first.
+            let first_char_end = part.start + t[part.start..].chars().next().map_or(0, char::len_utf8);
+            let mut at = part.end;
+            loop {
+                if word_boundary(t, at) {
+                    return Some(at);
+                }
+                if at == first_char_end {
+                    return None;
+                }
+                at -= t[..at].chars().next_back().map_or(0, char::len_utf8);
+            }
+        });
+        match found {
+            Some(match_end) => {
+                out.push(i..match_end);
+                i = match_end;
+            }
+            // A later start inside these parts has the same ends or fewer: none matches either.
+            None => i = end,
+        }
+    }
+    out
+}
+
+/// Matches of `(?i)[a-z0-9._%+\-=/]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*` (e-mail addresses), in order: for each
+/// `@`, the local part back to where the search resumed, the domain as far as it goes.
+fn emails(t: &str) -> Vec<Range<usize>> {
+    let b = t.as_bytes();
+    let mut out = Vec::new();
+    let mut resume = 0;
+    for at in memchr::memchr_iter(b'@', b) {
+        if at < resume {
+            continue;
+        }
+        let local = t[resume..at].char_indices().rev().take_while(|&(_, c)| is_local_part_char(c)).last();
+        let Some((offset, _)) = local else { continue };
+        let local_start = resume + offset;
+        let (mut end, count) = run_of(t, at + 1, is_host_char);
+        if count == 0 {
+            continue;
+        }
+        while b.get(end) == Some(&b'.') {
+            let (next_end, count) = run_of(t, end + 1, is_host_char);
+            if count == 0 {
+                break;
+            }
+            end = next_end;
+        }
+        out.push(local_start..end);
+        resume = end;
+    }
+    out
+}
+
+/// Matches of `(?i)\b(?:https?|ftp)://[^\s<>()\[\]]+` (URLs), in order: for each `://`, a scheme just
+/// before it that starts at a word boundary, and a non-empty rest.
+fn urls(t: &str) -> Vec<Range<usize>> {
+    let b = t.as_bytes();
+    let mut out = Vec::new();
+    let mut resume = 0;
+    for colon in memchr::memmem::find_iter(b, b"://") {
+        if colon < resume {
+            continue;
+        }
+        let Some(start) = ["https", "http", "ftp"].iter().find_map(|scheme| scheme_start(t, colon, scheme)) else {
+            continue;
+        };
+        if start < resume || word_before(t, start) {
+            continue;
+        }
+        let in_url = |c: char| !c.is_whitespace() && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']');
+        let (end, count) = run_of(t, colon + 3, in_url);
+        if count > 0 {
+            out.push(start..end);
+            resume = end;
+        }
+    }
+    out
+}
+
+/// Where `scheme` (lowercase ASCII) starts if it ends at byte `end` of `t`, matched as `(?i)` does (either
+/// ASCII case; `ſ` for `s`).
+fn scheme_start(t: &str, end: usize, scheme: &str) -> Option<usize> {
+    let mut start = end;
+    let mut text = t[..end].chars().rev();
+    for want in scheme.chars().rev() {
+        let c = text.next()?;
+        if c.to_ascii_lowercase() != want && !(want == 's' && c == '\u{17F}') {
+            return None;
+        }
+        start -= c.len_utf8();
+    }
+    Some(start)
+}
 
 /// Normalise a diagnostic text: cut, clean, mask (see the module documentation). Lowercasing and Unicode
 /// normalisation are the tokenizer's job, so this keeps case.
@@ -167,17 +460,17 @@ pub fn normalise(text: &str) -> String {
     // pass that replaces nothing leaves the text as it is (no copy).
     let mut s = cut_and_clean(text);
     if s.contains("://") {
-        replace(&mut s, |t| URL.regex().replace_all(t, " urlx "));
+        replace(&mut s, |t| replace_matches(t, urls(t), |_, out| out.push_str(" urlx ")));
     }
     if s.contains('@') {
-        replace(&mut s, |t| EMAIL.regex().replace_all(t, " emailx "));
+        replace(&mut s, |t| replace_matches(t, emails(t), |_, out| out.push_str(" emailx ")));
     }
     let has_digit = s.bytes().any(|b| b.is_ascii_digit());
     if has_digit && s.contains('.') {
-        replace(&mut s, |t| IPV4.regex().replace_all(t, " ipx "));
+        replace(&mut s, |t| replace_matches(t, ipv4s(t), |_, out| out.push_str(" ipx ")));
         // ` st5_1_1 `: the code's dot-separated parts joined by underscores.
         replace(&mut s, |t| {
-            replace_matches(t, ENHANCED.regex().find_iter(t), |code, out| {
+            replace_matches(t, enhanced_codes(t), |code, out| {
                 out.push_str(" st");
                 for (i, part) in code.split('.').enumerate() {
                     if i > 0 {
@@ -194,7 +487,7 @@ pub fn normalise(text: &str) -> String {
     }
     if s.contains('.') {
         replace(&mut s, |t| {
-            replace_matches(t, DOTTED.regex().find_iter(t), |whole, out| {
+            replace_matches(t, dotted_names(t), |whole, out| {
                 let last = whole.rsplit('.').next().unwrap_or("");
                 let tld_like = (2..=6).contains(&last.len()) && last.chars().all(|ch| ch.is_ascii_alphabetic());
                 out.push_str(if tld_like { " hostx " } else { whole });
@@ -224,11 +517,11 @@ fn replace(s: &mut String, pass: impl for<'t> FnOnce(&'t str) -> Cow<'t, str>) {
     }
 }
 
-/// `Regex::replace_all` with a replacement computed from each match's text: the same matches and output,
-/// without the capture-group search that `replace_all` makes for a closure.
+/// `Regex::replace_all` with a replacement computed from each match's text, given the matches' byte ranges
+/// in order: the same output, without the capture-group search that `replace_all` makes for a closure.
 fn replace_matches<'t>(
     text: &'t str,
-    matches: impl Iterator<Item = regex::Match<'t>>,
+    matches: impl IntoIterator<Item = Range<usize>>,
     mut replacement: impl FnMut(&'t str, &mut String),
 ) -> Cow<'t, str> {
     let mut out = String::new();
@@ -239,9 +532,9 @@ fn replace_matches<'t>(
             out.reserve(text.len() + 16);
             any = true;
         }
-        out.push_str(&text[last..m.start()]);
-        replacement(m.as_str(), &mut out);
-        last = m.end();
+        out.push_str(&text[last..m.start]);
+        replacement(&text[m.clone()], &mut out);
+        last = m.end;
     }
     if !any {
         return Cow::Borrowed(text);
@@ -251,10 +544,10 @@ fn replace_matches<'t>(
 }
 
 /// The `alnum` pass: every word (`\b[\p{L}\p{N}_]+\b`) through [`mask_word`]. On ASCII text a word is a
-/// maximal run of `[A-Za-z0-9_]` (Unicode `\b` and the class agree there), found without the regex.
+/// maximal run of `[A-Za-z0-9_]` (Unicode `\b` and the class agree there), found byte by byte.
 fn mask_words(text: &str) -> Cow<'_, str> {
     if !text.is_ascii() {
-        return replace_matches(text, ALNUM.regex().find_iter(text), |w, out| out.push_str(mask_word(w)));
+        return replace_matches(text, alnum_words(text), |w, out| out.push_str(mask_word(w)));
     }
     let b = text.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
@@ -527,6 +820,102 @@ mod tests {
         assert!(n.contains("emailx") && n.contains("ipx") && n.contains("hostx") && n.contains("idx"), "{n}");
         assert!(n.contains("num"), "{n}");
         assert!(!n.contains("john") && !n.contains("192") && !n.contains("example"), "{n}");
+    }
+
+    /// The masks scanned by hand, as the regexes they replaced: the references they must equal.
+    static URL: Mask = Mask::new(r"(?i)\b(?:https?|ftp)://[^\s<>()\[\]]+");
+    static EMAIL: Mask = Mask::new(r"(?i)[a-z0-9._%+\-=/]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*");
+    static IPV4: Mask = Mask::new(r"\b\d{1,3}(?:\.\d{1,3}){3}\b");
+    static ENHANCED: Mask = Mask::new(r"\b[245]\.\d{1,3}\.\d{1,3}\b");
+    static DOTTED: Mask = Mask::new(r"(?i)\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)+\b");
+    static ALNUM: Mask = Mask::new(r"\b[\p{L}\p{N}_]+\b");
+
+    /// A hand scanner: the byte ranges of its matches in a text.
+    type Scanner = fn(&str) -> Vec<Range<usize>>;
+
+    /// Each hand scanner beside the regex it replaced.
+    fn scanners() -> [(&'static str, Scanner, &'static Mask); 6] {
+        [
+            ("urls", urls, &URL),
+            ("emails", emails, &EMAIL),
+            ("ipv4s", ipv4s, &IPV4),
+            ("enhanced_codes", enhanced_codes, &ENHANCED),
+            ("dotted_names", dotted_names, &DOTTED),
+            ("alnum_words", alnum_words, &ALNUM),
+        ]
+    }
+
+    fn assert_scanners_as_reference(text: &str) {
+        for (name, scan, mask) in scanners() {
+            let reference: Vec<Range<usize>> = mask.regex().find_iter(text).map(|m| m.range()).collect();
+            assert_eq!(scan(text), reference, "{name}({text:?})");
+        }
+    }
+
+    #[test]
+    fn character_classes_are_the_regex_classes() {
+        let class = |pattern: &str| Regex::new(pattern).expect("valid pattern");
+        let (word_end, digit, space) = (class(r"^a\b"), class(r"^\d$"), class(r"^\s$"));
+        let (host, local) = (class(r"(?i)^[a-z0-9\-]$"), class(r"(?i)^[a-z0-9._%+\-=/]$"));
+        let alnum = class(r"^[\p{L}\p{N}_]$");
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let mut buf = [0; 4];
+            let one = &*c.encode_utf8(&mut buf);
+            assert_eq!(is_word_char(c), !word_end.is_match(&format!("a{c}")), "word {c:?}");
+            assert_eq!(is_decimal(c), digit.is_match(one), "decimal {c:?}");
+            assert_eq!(c.is_whitespace(), space.is_match(one), "space {c:?}");
+            assert_eq!(is_host_char(c), host.is_match(one), "host {c:?}");
+            assert_eq!(is_local_part_char(c), local.is_match(one), "local part {c:?}");
+            assert_eq!(is_alnum(c), alnum.is_match(one), "alnum {c:?}");
+        }
+    }
+
+    #[test]
+    fn scanners_equal_their_regexes_on_the_training_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
+        let mut texts = 0;
+        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
+            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
+                println!("skipping {name}: not found in {}", dir.display());
+                continue;
+            };
+            for line in data.lines() {
+                let Some(text) = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["text"].as_str().map(str::to_string))
+                else {
+                    continue;
+                };
+                let masked = normalise(&text);
+                for variant in [&text, &text.to_uppercase(), &text.replace('s', "\u{17F}"), &masked] {
+                    assert_scanners_as_reference(variant);
+                }
+                texts += 1;
+            }
+        }
+        assert!(texts > 0 || !dir.exists(), "no texts read from {}", dir.display());
+    }
+
+    #[test]
+    fn scanners_equal_their_regexes_on_random_text() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        // What the patterns turn on: digits (ASCII and not), dots, `@`, `:`, `/`, hyphens, underscores, the
+        // other local-part characters, scheme words, letters whose case folds (`ſ`, `K`), word characters
+        // that are not name characters (é, ß, combining marks, CJK), non-word numbers (²), spaces.
+        const PIECES: &[&str] = &[
+            "a", "Z", "x", "s", "S", "\u{17F}", "k", "\u{212A}", "é", "e\u{301}", "\u{301}", "ß", "名", "²", "٣", "५",
+            "_", "-", "--", ".", "..", "@", "@@", ":", "::", "/", "://", "http", "HTTPS", "htTp\u{17F}", "ftp",
+            "%", "+", "=", " ", "\u{a0}", "\u{3000}", "\t", "<", ">", "(", ")", "[", "]", "'", "0", "1", "5", "25",
+            "256", "1234", "550", "2.", "5.1.1", "4.2.22", "5.1.1234", "192.0.2.1", "10.0.0", "mx1", "com", "co.uk",
+            "user@example.org", "a.b", "-x.y-", "x.y_",
+        ];
+        let mut rng = StdRng::seed_from_u64(8);
+        for _ in 0..10_000 {
+            let n = rng.gen_range(0..20);
+            let text: String = (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
+            assert_scanners_as_reference(&text);
+        }
     }
 
     /// `normalise` as first written: one `Regex::replace_all` per pass (closures for the host and word

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use regex::Regex;
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 
 /// Whether the byte before `i` allows a code to start there (not part of a longer number or word). A status
 /// code may follow `-` (`550-5.7.26`); a reply code may not (`id-550`).
@@ -161,24 +161,108 @@ const COMMAND_PHRASES: &[(&str, &str)] = &[
     ("connection timed out", "CONN"),
 ];
 
-fn command_regex() -> &'static Regex {
-    static RE: LazyLock<Regex> = LazyLock::new(|| {
-        // Phrases starting with a word start at a word boundary ("email from" is not "mail from"); those
-        // starting with punctuation (`>>> data`, `(data)`) start anywhere.
-        let alternation: Vec<String> = COMMAND_PHRASES
-            .iter()
-            .map(|(p, _)| {
-                if p.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                    format!(r"(?-u:\b){}", regex::escape(p))
-                } else {
-                    regex::escape(p)
-                }
+/// The case variants of an ASCII letter that Unicode case-insensitive matching adds beyond ASCII: `ſ`
+/// (U+017F, LATIN SMALL LETTER LONG S) folds to `s` and `K` (U+212A, KELVIN SIGN) to `k`. The phrases were
+/// matched by a `(?i)` regex, which took them; the search keeps doing so.
+fn non_ascii_case_variant(c: char) -> Option<char> {
+    match c {
+        's' => Some('\u{17F}'),
+        'k' => Some('\u{212A}'),
+        _ => None,
+    }
+}
+
+/// Every spelling of `phrase` with any of its `s` and `k` written as their non-ASCII case variant, the
+/// phrase's own first. ASCII case is left to the searcher.
+fn spellings(phrase: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for c in phrase.chars() {
+        let variant = non_ascii_case_variant(c);
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                let plain = format!("{prefix}{c}");
+                let folded = variant.map(|v| format!("{prefix}{v}"));
+                std::iter::once(plain).chain(folded)
             })
             .collect();
-        // The pattern is built from the constant list above; it always compiles.
-        Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
-    });
-    &RE
+    }
+    out
+}
+
+/// One case-insensitive leftmost-first search for all of [`COMMAND_PHRASES`].
+struct CommandSearcher {
+    automaton: AhoCorasick,
+    /// Per pattern: the command it names (`None` for a spelling with a non-ASCII case variant, which names
+    /// no command: the phrase lookup was by ASCII-lowercased text) ...
+    commands: Vec<Option<&'static str>>,
+    /// ... and whether it must start at an ASCII word boundary (the phrase starts with a letter or digit:
+    /// "email from" is not "mail from"; `>>> data`, `(data)` start anywhere).
+    needs_boundary: Vec<bool>,
+}
+
+/// A phrase found in a text: where it starts and the command it names, if any.
+struct CommandMention {
+    start: usize,
+    command: Option<&'static str>,
+}
+
+impl CommandSearcher {
+    /// The searcher for `text`: with the non-ASCII spellings only when `text` has `ſ` or `K` (rarely: the
+    /// automaton with them has 53 patterns instead of 31 and costs twice as much to build).
+    fn for_text(text: &str) -> &'static CommandSearcher {
+        static PLAIN: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(false));
+        static ALL_SPELLINGS: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(true));
+        if text.contains(['\u{17F}', '\u{212A}']) { &ALL_SPELLINGS } else { &PLAIN }
+    }
+
+    /// The searcher for the phrases as written, and with `non_ascii_spellings` also for their
+    /// [`spellings`] with `ſ` or `K`.
+    fn new(non_ascii_spellings: bool) -> CommandSearcher {
+        let mut patterns = Vec::new();
+        let mut commands = Vec::new();
+        let mut needs_boundary = Vec::new();
+        // The spellings of one phrase are listed together, in the phrase's place: at one position at most one
+        // of them matches, and the phrase listed first wins as it did in the regex alternation.
+        for (phrase, command) in COMMAND_PHRASES {
+            let spelt = if non_ascii_spellings { spellings(phrase) } else { vec![phrase.to_string()] };
+            for spelling in spelt {
+                commands.push((spelling == *phrase).then_some(*command));
+                needs_boundary.push(phrase.starts_with(|c: char| c.is_ascii_alphanumeric()));
+                patterns.push(spelling);
+            }
+        }
+        let automaton = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&patterns)
+            .expect("the command phrases form a valid automaton");
+        CommandSearcher { automaton, commands, needs_boundary }
+    }
+
+    /// The phrases in `text`, in order, non-overlapping: at each step the earliest start, at one start the
+    /// phrase listed first, the next search from the end of the last match (what `Regex::find_iter` over
+    /// the alternation `(?i)(?-u:\b)end of data|...` gave).
+    fn mentions<'a>(&'a self, text: &'a str) -> impl Iterator<Item = CommandMention> + 'a {
+        let b = text.as_bytes();
+        let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            while at < b.len() {
+                let m = self.automaton.find(Input::new(text).span(at..b.len()))?;
+                let id = m.pattern().as_usize();
+                let prev_is_word = m.start() > 0 && is_word(b[m.start() - 1]);
+                if self.needs_boundary[id] && prev_is_word == is_word(b[m.start()]) {
+                    // No phrase matches here: any other that could starts with a word character too.
+                    at = m.start() + 1;
+                    continue;
+                }
+                at = m.end();
+                return Some(CommandMention { start: m.start(), command: self.commands[id] });
+            }
+            None
+        })
+    }
 }
 
 /// Which SMTP command the diagnostic answers, from the wording MTAs use ("in reply to RCPT TO command",
@@ -208,17 +292,16 @@ pub(crate) fn reply_position(text: &str, code: u16) -> Option<usize> {
 pub(crate) fn smtp_command_at(text: &str, reply_pos: Option<usize>) -> Option<&'static str> {
     let mut before = None;
     let mut after = None;
-    for m in command_regex().find_iter(text) {
+    for m in CommandSearcher::for_text(text).mentions(text) {
         match reply_pos {
-            Some(p) if m.start() < p => before = Some(m),
+            Some(p) if m.start < p => before = Some(m),
             _ => {
                 after = Some(m);
                 break;
             }
         }
     }
-    let found = before.or(after)?.as_str().to_ascii_lowercase();
-    COMMAND_PHRASES.iter().find(|(p, _)| *p == found).map(|(_, cmd)| *cmd)
+    before.or(after)?.command
 }
 
 #[cfg(test)]
@@ -291,5 +374,127 @@ mod tests {
         assert_eq!(smtp_command("SMTP error from remote server for TEXT command, reason: 550 5.2.0 rejected"), Some("DATA"));
         let rejected_then_data = ">>> RCPT To:<a@b.example>\n<<< 550 5.1.1 invalid\n>>> DATA\n<<< 503 5.5.0 need RCPT";
         assert_eq!(smtp_command_for(rejected_then_data, Some(550)), Some("RCPT"));
+    }
+
+    /// The regex the phrase search replaced, as it was: the reference the searcher must equal.
+    fn reference_command_regex() -> &'static regex::Regex {
+        static RE: LazyLock<regex::Regex> = LazyLock::new(|| {
+            let alternation: Vec<String> = COMMAND_PHRASES
+                .iter()
+                .map(|(p, _)| {
+                    if p.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                        format!(r"(?-u:\b){}", regex::escape(p))
+                    } else {
+                        regex::escape(p)
+                    }
+                })
+                .collect();
+            regex::Regex::new(&format!("(?i){}", alternation.join("|"))).expect("command phrases form a valid regex")
+        });
+        &RE
+    }
+
+    /// The phrases found by the reference regex: start and the command the lookup of the found text names.
+    fn reference_mentions(text: &str) -> Vec<(usize, Option<&'static str>)> {
+        reference_command_regex()
+            .find_iter(text)
+            .map(|m| {
+                let found = m.as_str().to_ascii_lowercase();
+                (m.start(), COMMAND_PHRASES.iter().find(|(p, _)| *p == found).map(|(_, cmd)| *cmd))
+            })
+            .collect()
+    }
+
+    /// `smtp_command_at` on the reference regex.
+    fn reference_command_at(text: &str, reply_pos: Option<usize>) -> Option<&'static str> {
+        let mentions = reference_mentions(text);
+        let before = reply_pos.and_then(|p| mentions.iter().rev().find(|(start, _)| *start < p));
+        let after = mentions.iter().find(|(start, _)| reply_pos.is_none_or(|p| *start >= p));
+        before.or(after)?.1
+    }
+
+    fn assert_command_search_as_reference(text: &str) {
+        let reference = reference_mentions(text);
+        // The searcher chosen for the text, and the one with every spelling (chosen for a text with `ſ`).
+        for searcher in [CommandSearcher::for_text(text), CommandSearcher::for_text("\u{17F}")] {
+            let found: Vec<(usize, Option<&str>)> = searcher.mentions(text).map(|m| (m.start, m.command)).collect();
+            assert_eq!(found, reference, "mentions in {text:?}");
+        }
+        let mut positions = vec![None, Some(0), Some(text.len() / 2), Some(text.len())];
+        positions.extend(reference.iter().flat_map(|(start, _)| [Some(*start), Some(start + 1)]));
+        positions.extend(code_starts(text.as_bytes()).map(Some));
+        for pos in positions {
+            assert_eq!(smtp_command_at(text, pos), reference_command_at(text, pos), "{text:?} at {pos:?}");
+        }
+    }
+
+    #[test]
+    fn only_long_s_and_kelvin_sign_fold_onto_ascii_letters() {
+        // The searcher spells out these two; any other non-ASCII case variant of an ASCII letter would be missed.
+        let letter = regex::Regex::new("(?i)^[a-z]$").expect("valid pattern");
+        let folds = |c: &char| letter.is_match(c.encode_utf8(&mut [0; 4]));
+        let folding: Vec<char> = (0x80..=0x10FFFF).filter_map(char::from_u32).filter(folds).collect();
+        assert_eq!(folding, ['\u{17F}', '\u{212A}']);
+        assert_eq!(spellings("ask"), ["ask", "as\u{212A}", "a\u{17F}k", "a\u{17F}\u{212A}"]);
+    }
+
+    #[test]
+    fn command_search_equals_the_regex_on_the_training_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
+        let mut texts = 0;
+        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
+            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
+                println!("skipping {name}: not found in {}", dir.display());
+                continue;
+            };
+            for line in data.lines() {
+                let Some(text) = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["text"].as_str().map(str::to_string))
+                else {
+                    continue;
+                };
+                for variant in [text.clone(), text.to_uppercase(), text.replace('s', "\u{17F}")] {
+                    assert_command_search_as_reference(&variant);
+                }
+                texts += 1;
+            }
+        }
+        assert!(texts > 0 || !dir.exists(), "no texts read from {}", dir.display());
+    }
+
+    #[test]
+    fn command_search_equals_the_regex_on_random_text() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        // Phrase pieces and what surrounds them: word characters and punctuation at the boundaries, case
+        // variants (ASCII and the non-ASCII `ſ`, `K`), other non-ASCII letters and marks, digits and codes.
+        const PIECES: &[&str] = &[
+            "data", "DATA", "Data", "end of", "after", "end", "of", " ", "  ", "command", "message body", "final",
+            ">>> ", ">>>", ">> ", "in: ", "in:", "(", ")", "(data)", "failed after i sent the message", "text",
+            "rcpt", "RCPT", " to", "to", "_", "rcpt_to", "smtp:", "Smtp:rcpt", "does not like recipient", "mail",
+            " from", "from", "sender was rejected", "ehlo", "HeLo", "helo", "my name was rejected", "initial",
+            "connection", "refused to talk to me", "greeting", "banner", "connect to", "connection refused",
+            "connection timed out", "\u{17F}", "\u{212A}", "K", "k", "s", "S", "e", "x", "é", "ß", "İ", "\u{301}",
+            "名", "1", "550", "5.1.1", "250 ", ":", "@", ".", "/", "-", "\n", "\t", "<", ">",
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..5_000 {
+            let n = rng.gen_range(0..16);
+            let mut text: String = (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
+            if rng.gen_bool(0.3) {
+                // Some letters swapped for their non-ASCII case variant, some for their upper case.
+                text = text
+                    .chars()
+                    .map(|c| match (c, rng.gen_range(0..4)) {
+                        ('s', 0) => '\u{17F}',
+                        ('k', 0) => '\u{212A}',
+                        (c, 1) => c.to_ascii_uppercase(),
+                        (c, _) => c,
+                    })
+                    .collect();
+            }
+            assert_command_search_as_reference(&text);
+        }
     }
 }
