@@ -202,7 +202,13 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
     use half::f16;
     use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    // Written into place rather than collected from the chunk iterator, so that the compiler turns the loop into
+    // vector moves (the collected form costs ~8 instructions a value: 12 M for the text table, a third of a
+    // model load).
+    let mut bits = vec![0u16; bytes.len() / 2];
+    for (bit, b) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
+        *bit = u16::from_le_bytes([b[0], b[1]]);
+    }
     let mut out = vec![0f32; bits.len()];
     bits.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out);
     out
@@ -326,7 +332,12 @@ impl Model {
         if tensors.names().contains(&MEMORY_TENSORS[0]) {
             let get_u32 = |name: &str| -> Result<Vec<u32>, ModelError> {
                 let data = view(name, Dtype::U32)?;
-                Ok(data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                // Written into place, like the f16 values in `f16_to_f32`, so that it compiles to vector moves.
+                let mut values = vec![0u32; data.len() / 4];
+                for (v, b) in values.iter_mut().zip(data.chunks_exact(4)) {
+                    *v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                Ok(values)
             };
             let [rows, offsets, labels] = MEMORY_TENSORS.map(get_u32);
             let memory = Memory::from_raw(rows?, offsets?, labels?).map_err(|e| corrupt(&weights_path, e))?;
