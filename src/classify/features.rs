@@ -221,6 +221,22 @@ fn is_alnum(c: char) -> bool {
     }
 }
 
+/// The furthest end in `run` (a non-empty run of characters of `t`), from its end back to its first character's
+/// end, that is a word boundary: where a greedy `[..]+\b` that backtracks stops.
+fn furthest_boundary(t: &str, run: Range<usize>) -> Option<usize> {
+    let first_char_end = run.start + t[run.start..].chars().next().map_or(0, char::len_utf8);
+    let mut at = run.end;
+    loop {
+        if word_boundary(t, at) {
+            return Some(at);
+        }
+        if at <= first_char_end {
+            return None;
+        }
+        at -= t[..at].chars().next_back().map_or(0, char::len_utf8);
+    }
+}
+
 /// Matches of `\b[\p{L}\p{N}_]+\b` (words), in order. From a start, the furthest end within the run of
 /// word-mask characters that is a word boundary (a number like `²` is no word character for `\b`).
 fn alnum_words(t: &str) -> Vec<Range<usize>> {
@@ -232,18 +248,7 @@ fn alnum_words(t: &str) -> Vec<Range<usize>> {
             continue;
         }
         let (run_end, _) = run_of(t, i, is_alnum);
-        let mut at = run_end;
-        let first_char_end = i + c.len_utf8();
-        let found = loop {
-            if word_boundary(t, at) {
-                break Some(at);
-            }
-            if at == first_char_end {
-                break None;
-            }
-            at -= t[..at].chars().next_back().map_or(0, char::len_utf8);
-        };
-        match found {
+        match furthest_boundary(t, i..run_end) {
             Some(end) => {
                 out.push(i..end);
                 i = end;
@@ -356,21 +361,7 @@ fn dotted_names(t: &str) -> Vec<Range<usize>> {
             parts.push(end + 1..next_end);
             end = next_end;
         }
-        let found = parts.iter().rev().find_map(|part| {
-            // Ends from the part's end back to its first character's end, furthest first.
-            let first_char_end = part.start + t[part.start..].chars().next().map_or(0, char::len_utf8);
-            let mut at = part.end;
-            loop {
-                if word_boundary(t, at) {
-                    return Some(at);
-                }
-                if at == first_char_end {
-                    return None;
-                }
-                at -= t[..at].chars().next_back().map_or(0, char::len_utf8);
-            }
-        });
-        match found {
+        match parts.iter().rev().find_map(|part| furthest_boundary(t, part.clone())) {
             Some(match_end) => {
                 out.push(i..match_end);
                 i = match_end;
@@ -872,28 +863,12 @@ mod tests {
 
     #[test]
     fn scanners_equal_their_regexes_on_the_training_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
-        let mut texts = 0;
-        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
-            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
-                println!("skipping {name}: not found in {}", dir.display());
-                continue;
-            };
-            for line in data.lines() {
-                let Some(text) = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["text"].as_str().map(str::to_string))
-                else {
-                    continue;
-                };
-                let masked = normalise(&text);
-                for variant in [&text, &text.to_uppercase(), &text.replace('s', "\u{17F}"), &masked] {
-                    assert_scanners_as_reference(variant);
-                }
-                texts += 1;
+        for text in crate::classify::testdata::own_corpus_texts() {
+            let masked = normalise(&text);
+            for variant in [&text, &text.to_uppercase(), &text.replace('s', "\u{17F}"), &masked] {
+                assert_scanners_as_reference(variant);
             }
         }
-        assert!(texts > 0 || !dir.exists(), "no texts read from {}", dir.display());
     }
 
     #[test]
@@ -1009,27 +984,11 @@ mod tests {
 
     #[test]
     fn fast_normalise_and_words_equal_the_regex_versions_on_the_training_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
-        let mut texts = 0;
-        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
-            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
-                println!("skipping {name}: not found in {}", dir.display());
-                continue;
-            };
-            for line in data.lines() {
-                let Some(text) = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["text"].as_str().map(str::to_string))
-                else {
-                    continue;
-                };
-                for variant in [text.clone(), text.to_uppercase(), strip_codes(&text), format!("{text} Ｍａｉｌ–box ²ⅲ 名前")] {
-                    assert_same_as_reference(&variant);
-                }
-                texts += 1;
+        for text in crate::classify::testdata::own_corpus_texts() {
+            for variant in [text.clone(), text.to_uppercase(), strip_codes(&text), format!("{text} Ｍａｉｌ–box ²ⅲ 名前")] {
+                assert_same_as_reference(&variant);
             }
         }
-        assert!(texts > 0 || !dir.exists(), "no texts read from {}", dir.display());
     }
 
     #[test]
