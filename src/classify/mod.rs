@@ -179,3 +179,27 @@ pub fn recipient_of_text(text: &str) -> crate::parse::Recipient {
         ..crate::parse::Recipient::default()
     }
 }
+
+/// Test data shared by the modules whose fast paths are checked against reference implementations.
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// The texts of the own corpus files (`models/corpus/diagnostics.jsonl` and `perturbed.jsonl`). A file
+    /// that is absent is skipped with a printed reason; when the directory exists, some text must be read.
+    pub(crate) fn own_corpus_texts() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/corpus");
+        let mut texts = Vec::new();
+        for name in ["diagnostics.jsonl", "perturbed.jsonl"] {
+            let Ok(data) = std::fs::read_to_string(dir.join(name)) else {
+                println!("skipping {name}: not found in {}", dir.display());
+                continue;
+            };
+            let text = |line: &str| {
+                let row: serde_json::Value = serde_json::from_str(line).ok()?;
+                row["text"].as_str().map(str::to_string)
+            };
+            texts.extend(data.lines().filter_map(text));
+        }
+        assert!(!texts.is_empty() || !dir.exists(), "no texts read from {}", dir.display());
+        texts
+    }
+}

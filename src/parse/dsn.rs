@@ -139,7 +139,8 @@ fn with_status_comment(diagnostic: String, status: Option<&str>) -> String {
 /// words.
 fn status_comment(status: &str) -> Option<&str> {
     let (_, rest) = status.split_once('(')?;
-    Some(rest.trim_end().trim_end_matches(')').trim()).filter(|c| c.chars().filter(|ch| ch.is_alphabetic()).count() >= 3)
+    let comment = rest.trim_end().trim_end_matches(')').trim();
+    (comment.chars().filter(|ch| ch.is_alphabetic()).count() >= 3).then_some(comment)
 }
 
 /// The exit codes of sysexits.h (64..=78) that a local delivery program returns, with their names and meanings.
@@ -259,15 +260,19 @@ mod tests {
     #[test]
     fn the_status_comment_follows_the_diagnostic_unless_it_says_nothing_new() {
         let block = "Final-Recipient: rfc822; a@example.org\nAction: failed\n\
-            Status: 5.2.1 (mailbox disabled, not accepting messages)\nDiagnostic-Code: smtp; 550 5.2.1 <a@example.org>... User Unknown\n";
+            Status: 5.2.1 (mailbox disabled, not accepting messages)\n\
+            Diagnostic-Code: smtp; 550 5.2.1 <a@example.org>... User Unknown\n";
         let r = recipients(&[block]).remove(0);
-        assert_eq!(r.diagnostic.as_deref(), Some("550 5.2.1 <a@example.org>... User Unknown (mailbox disabled, not accepting messages)"));
+        let expected = "550 5.2.1 <a@example.org>... User Unknown (mailbox disabled, not accepting messages)";
+        assert_eq!(r.diagnostic.as_deref(), Some(expected));
         assert_eq!(r.status.as_deref(), Some("5.2.1"));
-        assert_eq!(with_status_comment("550 Host not found".into(), Some("5.4.4 (host not found)")), "550 Host not found");
+        let said = "550 Host not found";
+        assert_eq!(with_status_comment(said.into(), Some("5.4.4 (host not found)")), said);
         assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0 (5.0.0)")), "550 nope");
         assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0")), "550 nope");
         assert_eq!(with_status_comment("550 nope".into(), None), "550 nope");
-        let bare = "Final-Recipient: rfc822; b@example.net\nAction: delayed\nStatus: 4.0.0 (example.net: host name lookup failure)\n";
+        let bare = "Final-Recipient: rfc822; b@example.net\nAction: delayed\n\
+            Status: 4.0.0 (example.net: host name lookup failure)\n";
         let (r, comment) = recipients_and_comments(&[bare]).remove(0);
         assert_eq!(r.diagnostic, None);
         assert_eq!(comment.as_deref(), Some("example.net: host name lookup failure"));
