@@ -350,9 +350,6 @@ fn context(message: &Message<'_>, walk: &Walk<'_>) -> Context {
     Context { sender_side, hints }
 }
 
-/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text:
-/// the text's block about the recipient, unless it says no more than the address; then, in a report about
-/// one recipient, the report's own explanation (see [`freetext::global_diagnostic`]).
 /// The recipients of RFC 3464 field blocks, completed from the report's text (see [`complete_from_text`]); a
 /// recipient that neither its block nor the text explains takes its Status field's comment as diagnostic.
 fn dsn_recipients(parts: &[impl AsRef<str>], text: &BounceText<'_>) -> Vec<Recipient> {
@@ -370,6 +367,9 @@ fn dsn_recipients(parts: &[impl AsRef<str>], text: &BounceText<'_>) -> Vec<Recip
     recipients
 }
 
+/// Completes DSN recipients whose fields lack a diagnostic or codes from the report's human-readable text:
+/// the text's block about the recipient, unless it says no more than the address; then, in a report about
+/// one recipient, the report's own explanation (see [`freetext::global_diagnostic`]).
 fn complete_from_text(recipients: &mut [Recipient], text: &BounceText<'_>) {
     if text.before().is_empty() {
         return;

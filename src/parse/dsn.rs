@@ -78,16 +78,15 @@ pub(crate) fn recipients_and_comments(parts: &[impl AsRef<str>]) -> Vec<(Recipie
                 }
                 continue;
             }
-            if let Some(r) = recipient(&block, &per_message) {
-                let comment = get(&block, "Status").and_then(status_comment).filter(|_| r.diagnostic.is_none());
-                out.push((r, comment.map(str::to_string)));
-            }
+            out.extend(recipient(&block, &per_message));
         }
     }
     out
 }
 
-fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
+/// The recipient of one field block, with its Status comment when no Diagnostic-Code carries it (see
+/// [`recipients_and_comments`]).
+fn recipient(block: &Block, pm: &PerMessage) -> Option<(Recipient, Option<String>)> {
     let final_rcpt = get(block, "Final-Recipient").and_then(clean_address);
     let original_rcpt = get(block, "Original-Recipient").and_then(clean_address);
     let recipient = final_rcpt.clone().or_else(|| original_rcpt.clone())?;
@@ -99,13 +98,16 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         }
         None => (None, None),
     };
-    let status_field = get(block, "Status").and_then(smtp::enhanced_status);
+    let status_value = get(block, "Status");
+    let status_field = status_value.and_then(smtp::enhanced_status);
+    let comment = status_value.and_then(status_comment);
     let (reply_code, diag_status) = diagnostic.as_deref().map(smtp::codes).unwrap_or_default();
-    let diagnostic = diagnostic.map(|d| with_status_comment(d, get(block, "Status")));
+    let unused_comment = comment.filter(|_| diagnostic.is_none()).map(str::to_string);
+    let diagnostic = diagnostic.map(|d| with_status_comment(d, comment));
     let action = get(block, "Action").map(|a| a.split_whitespace().next().unwrap_or(a).to_ascii_lowercase());
     let status = pick_status(status_field, diag_status, action.as_deref());
     let smtp_command = diagnostic.as_deref().and_then(smtp::smtp_command).map(str::to_string);
-    Some(Recipient {
+    let r = Recipient {
         recipient,
         original_recipient: original_rcpt.filter(|_| final_rcpt.is_some()),
         action,
@@ -119,15 +121,15 @@ fn recipient(block: &Block, pm: &PerMessage) -> Option<Recipient> {
         reporting_mta: typed_text(get(block, "Reporting-MTA")).or_else(|| pm.reporting_mta.clone()),
         arrival_date: get(block, "Arrival-Date").map(str::to_string).or_else(|| pm.arrival_date.clone()),
         last_attempt_date: get(block, "Last-Attempt-Date").map(str::to_string),
-    })
+    };
+    Some((r, unused_comment))
 }
 
-/// `diagnostic` followed by the Status field's comment in parentheses (`Status: 5.2.1 (mailbox disabled, not
-/// accepting messages)`) when the comment has words the diagnostic does not already hold: the reporting
-/// MTA's own reading of the code, which can say more than the remote reply (a "User Unknown" for a disabled
-/// mailbox).
-fn with_status_comment(diagnostic: String, status: Option<&str>) -> String {
-    match status.and_then(status_comment) {
+/// `diagnostic` followed by the Status field's `comment` ([`status_comment`]) in parentheses when it has words
+/// the diagnostic does not already hold: the reporting MTA's own reading of the code, which can say more than
+/// the remote reply (a "User Unknown" for a disabled mailbox).
+fn with_status_comment(diagnostic: String, comment: Option<&str>) -> String {
+    match comment {
         Some(c) if crate::parse::text::find_ci(&diagnostic, &c.to_ascii_lowercase()).is_none() => {
             format!("{diagnostic} ({c})")
         }
@@ -267,9 +269,9 @@ mod tests {
         assert_eq!(r.diagnostic.as_deref(), Some(expected));
         assert_eq!(r.status.as_deref(), Some("5.2.1"));
         let said = "550 Host not found";
-        assert_eq!(with_status_comment(said.into(), Some("5.4.4 (host not found)")), said);
-        assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0 (5.0.0)")), "550 nope");
-        assert_eq!(with_status_comment("550 nope".into(), Some("5.0.0")), "550 nope");
+        assert_eq!(with_status_comment(said.into(), status_comment("5.4.4 (host not found)")), said);
+        assert_eq!(with_status_comment("550 nope".into(), status_comment("5.0.0 (5.0.0)")), "550 nope");
+        assert_eq!(with_status_comment("550 nope".into(), status_comment("5.0.0")), "550 nope");
         assert_eq!(with_status_comment("550 nope".into(), None), "550 nope");
         let bare = "Final-Recipient: rfc822; b@example.net\nAction: delayed\n\
             Status: 4.0.0 (example.net: host name lookup failure)\n";
