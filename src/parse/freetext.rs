@@ -202,18 +202,22 @@ fn is_separator(line: &str) -> bool {
 }
 
 /// The diagnostic block that starts at a mention: the mention line and the lines after it up to a blank
-/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly, or
-/// what follows ends with a colon ("because:"), the next paragraph (after blank or rule lines) belongs to
-/// it; when nothing follows at all, the lines just before it in its paragraph are its explanation
-/// ("Reason…\naddress"). Returns the block's text and the index just past it.
+/// line, another recipient's mention or `MAX_BLOCK_LINES`. When nothing follows the mention directly and
+/// the mention line says nothing after its address, or what follows ends with a colon ("because:"), the
+/// next paragraph (after blank or rule lines) belongs to it; when nothing follows at all, the lines just
+/// before it in its paragraph are its explanation ("Reason…\naddress"). A mention line that gives its
+/// reason after the address ("a@b.example: Network error on destination MXs") is the whole block: the
+/// paragraph after it is the report's boilerplate ("Please note that this is only a temporary failure
+/// report"). Returns the block's text and the index just past it.
 fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> (String, usize) {
     let mut kept: Vec<&str> = vec![lines[start]];
     let mut end = start + 1;
     let mut gap = 0;
+    let explained = says_more_after_its_addresses(lines[start]);
     while end < lines.len() && kept.len() < MAX_BLOCK_LINES && !other_mention_lines.contains(&end) {
         let line = lines[end];
         if line.trim().is_empty() || is_separator(line) {
-            let open = kept.len() == 1 || kept.last().is_some_and(|l| l.trim_end().ends_with(':'));
+            let open = (kept.len() == 1 && !explained) || kept.last().is_some_and(|l| l.trim_end().ends_with(':'));
             if !open || gap >= 3 {
                 break;
             }
@@ -237,6 +241,14 @@ fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> 
         kept.splice(0..0, lines[first..start].iter().copied());
     }
     (truncate(collapse_ws(&kept.join(" "))), end)
+}
+
+/// Whether a line goes on after its last address with words of its own (at least as many letters and
+/// digits as [`is_informative`] asks of a diagnostic), rather than ending at the address ("addresses that
+/// failed: a@b.example") or a colon.
+fn says_more_after_its_addresses(line: &str) -> bool {
+    let after = find_addresses(line).last().map_or("", |m| &line[m.end..]);
+    !after.trim_end().ends_with(':') && after.chars().filter(|c| c.is_alphanumeric()).count() >= 8
 }
 
 fn truncate(mut s: String) -> String {
@@ -632,6 +644,24 @@ mod tests {
         assert_eq!(r[0].smtp_command.as_deref(), Some("RCPT"));
         assert_eq!(r[1].status.as_deref(), Some("5.2.2"));
         assert_eq!(r[1].reply_code, Some(552));
+    }
+
+    #[test]
+    fn a_reason_given_on_the_address_line_is_not_followed_by_the_next_paragraph() {
+        let text = "This is the MAILER-DAEMON, please DO NOT REPLY to this e-mail.\n\nA message is delayed for \
+            more than 10 minutes for the following\nlist of recipients:\n\na@example.org: Network error on \
+            destination MXs\n\nPlease note that this is only a temporary failure report.\nThe message is kept \
+            in the queue for up to 4 days.\n";
+        let r = recipients(&BounceText::new(text), &ctx(&[]), false);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].diagnostic.as_deref(), Some("a@example.org: Network error on destination MXs"));
+        // an address line that stops at the address (or a colon) still takes the paragraph after it
+        for line in ["The following address failed: a@example.org", "a@example.org (generated from b@example.org):"] {
+            let text = format!("Delivery failed.\n\n{line}\n\n    550 5.1.1 unknown user\n");
+            let r = recipients(&BounceText::new(&text), &ctx(&[]), false);
+            assert_eq!(r[0].recipient, "a@example.org", "{line}");
+            assert_eq!(r[0].status.as_deref(), Some("5.1.1"), "{line}");
+        }
     }
 
     #[test]
