@@ -562,10 +562,17 @@ pub(crate) fn command_before(text: &BounceText<'_>, diagnostic: &str, reply: Opt
     if key.len() < 8 {
         return None;
     }
+    // The key's first word lies within one line wherever the key is quoted: a paragraph without it in any
+    // line is passed over without joining it.
+    let first_word = key.split(' ').next().unwrap_or(&key);
     let lines = text.before();
     let mut start = 0;
     while start < lines.len() {
         let end = lines[start..].iter().position(|l| l.trim().is_empty()).map_or(lines.len(), |k| start + k);
+        if !lines[start..end].iter().any(|l| find_ci(l, first_word).is_some()) {
+            start = end + 1;
+            continue;
+        }
         // The paragraph as one line, so that a quote folded over lines is found.
         let paragraph = collapse_ws(&lines[start..end].join(" "));
         if let Some(pos) = find_ci(&paragraph, &key) {
@@ -587,13 +594,15 @@ pub(crate) fn blocks_for(text: &BounceText<'_>, addr: &str, others: &[&str]) -> 
     let key = addr.to_ascii_lowercase();
     let others: Vec<String> =
         others.iter().map(|o| o.to_ascii_lowercase()).filter(|o| *o != key && !key.contains(o.as_str())).collect();
-    let other_lines: HashSet<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| others.iter().any(|o| find_ci(l, o).is_some()) && find_ci(l, &key).is_none())
-        .map(|(i, _)| i)
-        .collect();
-    let mentions: Vec<usize> = (0..lines.len()).filter(|&i| find_ci(lines[i], &key).is_some()).collect();
+    let mut other_lines: HashSet<usize> = HashSet::new();
+    let mut mentions: Vec<usize> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if find_ci(l, &key).is_some() {
+            mentions.push(i);
+        } else if others.iter().any(|o| find_ci(l, o).is_some()) {
+            other_lines.insert(i);
+        }
+    }
     let mut out = Vec::new();
     let mut last_end = 0;
     for idx in reason_lines(lines, mentions) {

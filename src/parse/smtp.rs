@@ -213,7 +213,7 @@ impl CommandSearcher {
     fn for_text(text: &str) -> &'static CommandSearcher {
         static PLAIN: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(false));
         static ALL_SPELLINGS: LazyLock<CommandSearcher> = LazyLock::new(|| CommandSearcher::new(true));
-        if text.contains(['\u{17F}', '\u{212A}']) { &ALL_SPELLINGS } else { &PLAIN }
+        if !text.is_ascii() && text.contains(['\u{17F}', '\u{212A}']) { &ALL_SPELLINGS } else { &PLAIN }
     }
 
     /// The searcher for the phrases as written, and with `non_ascii_spellings` also for their

@@ -58,10 +58,15 @@ pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
 
 /// Whether `trimmed` (already trimmed) has whitespace other than single ASCII spaces.
 pub(crate) fn needs_collapse(trimmed: &str) -> bool {
-    let b = trimmed.as_bytes();
-    !trimmed.is_ascii()
-        || b.iter().any(|&c| c != b' ' && c.is_ascii_whitespace())
-        || memchr::memmem::find(b, b"  ").is_some()
+    // One pass: the values checked are short, where building a substring searcher for "  " cost more.
+    let mut after_space = false;
+    for &c in trimmed.as_bytes() {
+        if !c.is_ascii() || (c != b' ' && c.is_ascii_whitespace()) || (c == b' ' && after_space) {
+            return true;
+        }
+        after_space = c == b' ';
+    }
+    false
 }
 
 /// Collapses every run of whitespace to one space and trims both ends.
@@ -226,6 +231,15 @@ mod tests {
         assert_eq!(collapse_ws("  a \t b\r\n  c  "), "a b c");
         assert_eq!(collapse_ws("plain words"), "plain words");
         assert_eq!(collapse_ws("é\u{a0}x"), "é x");
+    }
+
+    #[test]
+    fn only_single_ascii_spaces_need_no_collapse() {
+        assert!(!needs_collapse("a b c"));
+        assert!(!needs_collapse(""));
+        for text in ["a  b", "a\tb", "a\nb", "a\u{a0}b", "caf\u{e9}", "a \x0cb"] {
+            assert!(needs_collapse(text), "{text:?}");
+        }
     }
 
     #[test]
