@@ -577,8 +577,16 @@ fn mask_words(text: &str) -> Cow<'_, str> {
 /// NFKC, lowercase, and split into runs of word characters (letters, digits, `_`) and runs of other
 /// non-space characters: the normalizer and pre-tokenizer that `models/tokenizer.json` declares.
 pub fn words(normalised: &str) -> Vec<String> {
-    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
     let mut out = Vec::new();
+    each_word(normalised, |w| out.push(w.to_string()));
+    out
+}
+
+/// Pass each of [`words`] to `each`, in order, written in turn into one buffer (no allocation per word: the
+/// classify path looks the words up and drops them).
+pub fn each_word(normalised: &str, mut each: impl FnMut(&str)) {
+    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+    let mut cur = String::new();
     if normalised.is_ascii() {
         // ASCII is its own NFKC, and its lowercase is ASCII lowercase: the same split, byte by byte.
         let b = normalised.as_bytes();
@@ -586,7 +594,10 @@ pub fn words(normalised: &str) -> Vec<String> {
         let mut cur_word = false;
         let mut push = |from: usize, to: usize| {
             if from < to {
-                out.push(normalised[from..to].to_ascii_lowercase());
+                cur.clear();
+                cur.push_str(&normalised[from..to]);
+                cur.make_ascii_lowercase();
+                each(&cur);
             }
         };
         for (i, &c) in b.iter().enumerate() {
@@ -604,20 +615,21 @@ pub fn words(normalised: &str) -> Vec<String> {
             cur_word = is_word;
         }
         push(start, b.len());
-        return out;
+        return;
     }
-    let mut cur = String::new();
     let mut cur_word = false;
     let mut split = |c: char| {
         if c.is_whitespace() {
             if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
+                each(&cur);
+                cur.clear();
             }
             return;
         }
         let is_word = c.is_alphanumeric() || c == '_';
         if !cur.is_empty() && is_word != cur_word {
-            out.push(std::mem::take(&mut cur));
+            each(&cur);
+            cur.clear();
         }
         cur_word = is_word;
         cur.push(c);
@@ -629,9 +641,8 @@ pub fn words(normalised: &str) -> Vec<String> {
         normalised.nfkc().flat_map(char::to_lowercase).for_each(&mut split);
     }
     if !cur.is_empty() {
-        out.push(cur);
+        each(&cur);
     }
-    out
 }
 
 /// Mask one word: numbers other than reply codes, and IDs (letters mixed with digits, 6+ characters).
@@ -666,14 +677,23 @@ const ANAGRAM_MIN_LETTERS: usize = 4;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// Continue an FNV-1a hash over one part, then mark the part's end (so `ab|c` ≠ `a|bc`).
-fn fnv_part(mut h: u64, part: &[u8]) -> u64 {
-    for &b in part {
+/// Continue an FNV-1a hash over bytes, without marking an end (a part may be hashed in pieces).
+fn fnv_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(FNV_PRIME);
     }
-    h ^= 0xff;
-    h.wrapping_mul(FNV_PRIME)
+    h
+}
+
+/// Mark the end of a part (so `ab|c` ≠ `a|bc`).
+fn fnv_end(h: u64) -> u64 {
+    (h ^ 0xff).wrapping_mul(FNV_PRIME)
+}
+
+/// Continue an FNV-1a hash over one part, then mark the part's end.
+fn fnv_part(h: u64, part: &[u8]) -> u64 {
+    fnv_end(fnv_bytes(h, part))
 }
 
 /// 64-bit FNV-1a over parts, the feature hash (stable across platforms and versions, unlike `std`'s hasher).
@@ -681,13 +701,80 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     parts.iter().fold(FNV_OFFSET, |h, p| fnv_part(h, p))
 }
 
-/// One feature of a text: its row in the text embedding table and what it is (for `--explain`).
+/// The features of a text (or of one word, see [`WordFeatures`]): their rows in the text embedding table, in
+/// the order the network sums them, and their readable names when asked for (`classify --explain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextFeatures {
+    /// Rows in the text embedding table, in feature order.
+    pub rows: Vec<u32>,
+    /// One name per row (`w:word`, `b:word word`, `c:gram`, `a:letters`) when names were asked for; else empty.
+    pub names: Vec<String>,
+    named: bool,
+}
+
+impl TextFeatures {
+    /// No features yet; `named` keeps a readable name per feature (slower; for explain).
+    pub fn new(named: bool) -> TextFeatures {
+        TextFeatures { rows: Vec::new(), names: Vec::new(), named }
+    }
+
+    fn push(&mut self, row: u32, name: impl FnOnce() -> String) {
+        self.rows.push(row);
+        if self.named {
+            self.names.push(name());
+        }
+    }
+
+    fn extend(&mut self, other: &TextFeatures) {
+        self.rows.extend_from_slice(&other.rows);
+        if self.named {
+            self.names.extend_from_slice(&other.names);
+        }
+    }
+}
+
+/// What one word gives its text's features by itself: its vocabulary row, its character grams and anagram
+/// key, and what the features it shares with the next word (the bigram, the 4-grams across the space) need
+/// of it. The same word always gives the same, so the classify path computes it once per word and keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Feature {
-    /// Row in the text embedding table.
-    pub row: u32,
-    /// Human-readable name: `w:word`, `b:word word`, `c:gram`.
-    pub name: String,
+pub struct WordFeatures {
+    /// The word's row when it is in the vocabulary.
+    known: Option<u32>,
+    /// The bigram hash after the word (the bigram continues it with the next word).
+    bigram: u64,
+    /// Character grams and anagram key, in feature order (none unless the word is alphabetic).
+    inner: TextFeatures,
+    /// The word's last (up to) three characters and its first three, when it is alphabetic.
+    ends: Option<(Chars3, Chars3)>,
+}
+
+/// Up to three characters, UTF-8 (at most 12 bytes): an end of a word, for the 4-grams that span two words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chars3 {
+    bytes: [u8; 12],
+    len: u8,
+    /// Byte offset of each character, then the length.
+    bounds: [u8; 4],
+    chars: u8,
+}
+
+impl Chars3 {
+    /// `s`, which has at most three characters.
+    fn new(s: &str) -> Chars3 {
+        let mut c = Chars3 { bytes: [0; 12], len: s.len() as u8, bounds: [0; 4], chars: 0 };
+        c.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        for (i, (at, _)) in s.char_indices().enumerate() {
+            c.bounds[i] = at as u8;
+            c.chars += 1;
+        }
+        c.bounds[usize::from(c.chars)] = c.len;
+        c
+    }
+
+    /// The bytes from character `from` to character `to`.
+    fn slice(&self, from: usize, to: usize) -> &[u8] {
+        &self.bytes[usize::from(self.bounds[from])..usize::from(self.bounds[to])]
+    }
 }
 
 /// Sizes that place features in the text embedding table: vocabulary rows first, then hash buckets.
@@ -716,84 +803,82 @@ impl Layout {
 
     /// Features of a tokenised text: `tokens` are the words, `ids` their vocabulary ids (`unk` for unknown
     /// words). With `names`, each feature carries its readable name (slower; for explain).
-    pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool, out: &mut Vec<Feature>) {
-        // The hash of each feature's kind prefix, computed once (`fnv1a` hashes the parts in turn).
-        let bigram_prefix = fnv_part(FNV_OFFSET, b"b");
+    pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool) -> TextFeatures {
+        let each: Vec<WordFeatures> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, word)| self.word_features(word, ids.get(i).copied().unwrap_or(unk), unk, names))
+            .collect();
+        let words: Vec<(&str, &WordFeatures)> = tokens.iter().map(String::as_str).zip(&each).collect();
+        let mut out = TextFeatures::new(names);
+        self.join_words(&words, &mut out);
+        out
+    }
+
+    /// What `word` (vocabulary id `id`, `unk` when unknown) gives by itself (see [`WordFeatures`]); with
+    /// `names`, its features carry their readable names.
+    pub fn word_features(&self, word: &str, id: u32, unk: u32, names: bool) -> WordFeatures {
+        let known = (id != unk && id < self.vocab).then_some(id);
+        let bigram = fnv_part(fnv_part(FNV_OFFSET, b"b"), word.as_bytes());
+        let mut inner = TextFeatures::new(names);
+        if !word.chars().all(char::is_alphabetic) {
+            return WordFeatures { known, bigram, inner, ends: None };
+        }
         let gram_prefix = fnv_part(FNV_OFFSET, b"c");
-        let gram = |g: &str, out: &mut Vec<Feature>| {
-            let row = self.row_of(fnv_part(gram_prefix, g.as_bytes()));
-            let name = if names { format!("c:{g}") } else { String::new() };
-            out.push(Feature { row, name });
-        };
         // `<word>` and the byte offset of each of its characters (then its length): a gram of n characters
         // from character k is `marked[bounds[k]..bounds[k + n]]`, hashed without re-encoding.
-        let mut marked = String::new();
-        let mut bounds: Vec<usize> = Vec::new();
-        let mut junction = String::new();
-        let mut junction_bounds: Vec<usize> = Vec::new();
-        let anagram_prefix = fnv_part(FNV_OFFSET, b"a");
-        let mut letters: Vec<char> = Vec::new();
-        let mut sorted = String::new();
-        let char_bounds = |s: &str, bounds: &mut Vec<usize>| {
-            bounds.clear();
-            bounds.extend(s.char_indices().map(|(b, _)| b));
-            bounds.push(s.len());
-        };
-        let alphabetic = |w: &str| w.chars().all(char::is_alphabetic);
-        for (i, word) in tokens.iter().enumerate() {
-            let id = ids.get(i).copied().unwrap_or(unk);
-            if id != unk && id < self.vocab {
-                let name = if names { format!("w:{word}") } else { String::new() };
-                out.push(Feature { row: id, name });
+        let marked = format!("<{word}>");
+        let mut bounds: Vec<usize> = marked.char_indices().map(|(b, _)| b).collect();
+        bounds.push(marked.len());
+        let chars = bounds.len() - 1;
+        for n in 3..=5 {
+            if chars < n {
+                break;
             }
-            let next = tokens.get(i + 1);
-            if let Some(next) = next {
-                let row = self.row_of(fnv_part(fnv_part(bigram_prefix, word.as_bytes()), next.as_bytes()));
-                let name = if names { format!("b:{word} {next}") } else { String::new() };
-                out.push(Feature { row, name });
+            for k in 0..=chars - n {
+                let g = &marked[bounds[k]..bounds[k + n]];
+                inner.push(self.row_of(fnv_part(gram_prefix, g.as_bytes())), || format!("c:{g}"));
             }
-            if !alphabetic(word) {
+        }
+        let word_chars = chars - 2;
+        if word_chars >= ANAGRAM_MIN_LETTERS {
+            let mut letters: Vec<char> = word.chars().collect();
+            letters.sort_unstable();
+            let sorted: String = letters.into_iter().collect();
+            let row = self.row_of(fnv_part(fnv_part(FNV_OFFSET, b"a"), sorted.as_bytes()));
+            inner.push(row, || format!("a:{sorted}"));
+        }
+        let tail = &marked[bounds[1 + word_chars - word_chars.min(3)]..bounds[1 + word_chars]];
+        let head = &marked[1..bounds[1 + word_chars.min(3)]];
+        WordFeatures { known, bigram, inner, ends: Some((Chars3::new(tail), Chars3::new(head))) }
+    }
+
+    /// Append the features of a text given its words in order, each with what it gives by itself
+    /// ([`Layout::word_features`]): for each word, its vocabulary row, the bigram with the next word, its
+    /// character grams and anagram key, then the 4-grams that span the space to the next word when both are
+    /// alphabetic (the word's last up to 3 characters, then the next word's first 3: the grams of that
+    /// junction that are not in-word grams already).
+    pub fn join_words(&self, words: &[(&str, &WordFeatures)], out: &mut TextFeatures) {
+        let gram_prefix = fnv_part(FNV_OFFSET, b"c");
+        for (i, &(word, f)) in words.iter().enumerate() {
+            if let Some(row) = f.known {
+                out.push(row, || format!("w:{word}"));
+            }
+            let next = words.get(i + 1);
+            if let Some(&(next_word, _)) = next {
+                out.push(self.row_of(fnv_part(f.bigram, next_word.as_bytes())), || format!("b:{word} {next_word}"));
+            }
+            out.extend(&f.inner);
+            let Some(((tail, _), (_, head))) = f.ends.zip(next.and_then(|(_, n)| n.ends)) else {
                 continue;
-            }
-            marked.clear();
-            marked.push('<');
-            marked.push_str(word);
-            marked.push('>');
-            char_bounds(&marked, &mut bounds);
-            let chars = bounds.len() - 1;
-            for n in 3..=5 {
-                if chars < n {
-                    break;
-                }
-                for k in 0..=chars - n {
-                    gram(&marked[bounds[k]..bounds[k + n]], out);
-                }
-            }
-            if chars - 2 >= ANAGRAM_MIN_LETTERS {
-                letters.clear();
-                letters.extend(word.chars());
-                letters.sort_unstable();
-                sorted.clear();
-                sorted.extend(letters.iter());
-                let row = self.row_of(fnv_part(anagram_prefix, sorted.as_bytes()));
-                let name = if names { format!("a:{sorted}") } else { String::new() };
-                out.push(Feature { row, name });
-            }
-            if let Some(next) = next.filter(|w| alphabetic(w)) {
-                // the 4-grams that span the junction of two words (the others are in-word grams already):
-                // the word's last (up to) 3 characters, then the next word's first 3
-                let word_chars = chars - 2;
-                let tail_len = word_chars.min(3);
-                junction.clear();
-                junction.push_str(&marked[bounds[1 + word_chars - tail_len]..bounds[1 + word_chars]]);
-                junction.extend(next.chars().take(3));
-                char_bounds(&junction, &mut junction_bounds);
-                let junction_chars = junction_bounds.len() - 1;
-                for k in 0..(junction_chars + 1).saturating_sub(4) {
-                    if k < tail_len && k + 4 > tail_len {
-                        gram(&junction[junction_bounds[k]..junction_bounds[k + 4]], out);
-                    }
-                }
+            };
+            let (tail_chars, head_chars) = (usize::from(tail.chars), usize::from(head.chars));
+            for k in 0..tail_chars.min((tail_chars + head_chars).saturating_sub(3)) {
+                let (from_tail, from_head) = (tail.slice(k, tail_chars), head.slice(0, k + 4 - tail_chars));
+                let row = self.row_of(fnv_end(fnv_bytes(fnv_bytes(gram_prefix, from_tail), from_head)));
+                out.push(row, || {
+                    format!("c:{}{}", String::from_utf8_lossy(from_tail), String::from_utf8_lossy(from_head))
+                });
             }
         }
     }
@@ -1014,6 +1099,13 @@ mod tests {
         assert_same_as_reference(&"é".repeat(3000));
     }
 
+    /// A feature of the first version: its row and its name.
+    #[derive(Debug, PartialEq)]
+    struct Feature {
+        row: u32,
+        name: String,
+    }
+
     /// `Layout::text_features` as first written (every n-gram encoded to bytes, every hash from the start).
     fn reference_text_features(layout: &Layout, tokens: &[String], ids: &[u32], unk: u32, out: &mut Vec<Feature>) {
         let gram_bytes = |chars: &[char], buf: &mut [u8; 32]| {
@@ -1096,12 +1188,11 @@ mod tests {
                 let ids: Vec<u32> = tokens.iter().map(|_| rng.gen_range(0..12)).collect();
                 let mut want = Vec::new();
                 reference_text_features(&layout, &tokens, &ids, 0, &mut want);
-                let mut named = Vec::new();
-                layout.text_features(&tokens, &ids, 0, true, &mut named);
-                assert_eq!(named, want, "{tokens:?}");
-                let mut rows = Vec::new();
-                layout.text_features(&tokens, &ids, 0, false, &mut rows);
-                assert_eq!(rows.iter().map(|f| f.row).collect::<Vec<_>>(), want.iter().map(|f| f.row).collect::<Vec<_>>());
+                let named = layout.text_features(&tokens, &ids, 0, true);
+                assert_eq!(named.rows, want.iter().map(|f| f.row).collect::<Vec<_>>(), "{tokens:?}");
+                assert_eq!(named.names, want.iter().map(|f| f.name.clone()).collect::<Vec<_>>(), "{tokens:?}");
+                let plain = layout.text_features(&tokens, &ids, 0, false);
+                assert_eq!((plain.rows, plain.names.len()), (named.rows, 0));
             }
         }
     }
@@ -1135,9 +1226,7 @@ mod tests {
         let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
         let feats = |t: &[&str]| {
             let toks: Vec<String> = t.iter().map(|s| s.to_string()).collect();
-            let mut out = Vec::new();
-            layout.text_features(&toks, &vec![0; toks.len()], 0, false, &mut out);
-            out.into_iter().map(|f| f.row).collect::<std::collections::HashSet<_>>()
+            layout.text_features(&toks, &vec![0; toks.len()], 0, false).rows.into_iter().collect::<std::collections::HashSet<_>>()
         };
         let a = feats(&["mailbox", "full"]);
         let b = feats(&["mail", "box", "full"]);
@@ -1149,9 +1238,8 @@ mod tests {
     fn a_letter_swap_keeps_the_anagram_key() {
         let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
         let named = |w: &str| {
-            let mut out = Vec::new();
-            layout.text_features(&[w.to_string()], &[0], 0, true, &mut out);
-            out.into_iter().filter(|f| f.name.starts_with("a:")).map(|f| (f.row, f.name)).collect::<Vec<_>>()
+            let out = layout.text_features(&[w.to_string()], &[0], 0, true);
+            out.rows.into_iter().zip(out.names).filter(|(_, name)| name.starts_with("a:")).collect::<Vec<_>>()
         };
         assert_eq!(named("mailbox"), named("mialbox"));
         assert_eq!(named("mailbox")[0].1, "a:abilmox");
