@@ -65,45 +65,53 @@ impl Signals {
     }
 
     /// Pass each of [`Signals::tokens`] to `each`, in order, given `prior`, the reason the status prior names
-    /// for these signals ([`Signals::prior`]). The tokens are written in turn into one buffer (no allocation
-    /// per token: inference hashes them and drops them).
+    /// for these signals ([`Signals::prior`]). The tokens are written in turn into one buffer, piece by piece
+    /// (no allocation per token, and no formatting machinery: inference hashes them and drops them).
     pub fn each_token(&self, prior: &str, mut each: impl FnMut(&str)) {
-        use std::fmt::Write;
-        let mut buf = String::with_capacity(32);
-        // Writing into a String cannot fail.
-        let mut token = |args: std::fmt::Arguments<'_>| {
+        let mut buf = String::with_capacity(48);
+        let mut token = |pieces: &[Piece<'_>]| {
             buf.clear();
-            let _ = buf.write_fmt(args);
+            for piece in pieces {
+                match *piece {
+                    Piece::Text(text) => buf.push_str(text),
+                    Piece::Number(n) => push_number(&mut buf, n),
+                }
+            }
             each(&buf);
         };
-        token(format_args!("kind={}", self.kind.map_or("text", Kind::as_str)));
-        match self.status.as_deref().and_then(status::parse_enhanced) {
+        use Piece::{Number as N, Text as T};
+        token(&[T("kind="), T(self.kind.map_or("text", Kind::as_str))]);
+        let code = self.status.as_deref().and_then(status::parse_enhanced);
+        match code {
             Some((class, subject, detail)) => {
-                token(format_args!("sc={class}"));
-                token(format_args!("ss={class}.{subject}"));
-                token(format_args!("sd={subject}.{detail}"));
-                token(format_args!("sx={class}.{subject}.{detail}"));
+                let (class, subject, detail) = (u32::from(class), u32::from(subject), u32::from(detail));
+                token(&[T("sc="), N(class)]);
+                token(&[T("ss="), N(class), T("."), N(subject)]);
+                token(&[T("sd="), N(subject), T("."), N(detail)]);
+                token(&[T("sx="), N(class), T("."), N(subject), T("."), N(detail)]);
             }
-            None => token(format_args!("sc=none")),
+            None => token(&[T("sc=none")]),
         }
         match self.reply_code {
             Some(code) => {
-                token(format_args!("rc={code}"));
-                token(format_args!("rcc={}", code / 100));
+                token(&[T("rc="), N(u32::from(code))]);
+                token(&[T("rcc="), N(u32::from(code / 100))]);
             }
-            None => token(format_args!("rc=none")),
+            None => token(&[T("rc=none")]),
         }
-        token(format_args!("act={}", self.action.as_deref().unwrap_or("none")));
+        token(&[T("act="), T(self.action.as_deref().unwrap_or("none"))]);
         let command = self.smtp_command.as_deref().unwrap_or("none");
-        token(format_args!("cmd={command}"));
+        token(&[T("cmd="), T(command)]);
         // Where the dialogue failed changes what a code means (a "user unknown" 5.1.1 after DATA is a
         // content filter's answer), so the command is also paired with the code and the prior's verdict.
-        match self.status.as_deref().and_then(status::parse_enhanced) {
-            Some((class, subject, _)) => token(format_args!("cmd&ss={command}/{class}.{subject}")),
-            None => token(format_args!("cmd&rcc={command}/{}", self.reply_code.map_or(0, |c| c / 100))),
+        match code {
+            Some((class, subject, _)) => {
+                token(&[T("cmd&ss="), T(command), T("/"), N(u32::from(class)), T("."), N(u32::from(subject))]);
+            }
+            None => token(&[T("cmd&rcc="), T(command), T("/"), N(u32::from(self.reply_code.map_or(0, |c| c / 100)))]),
         }
-        token(format_args!("cmd&prior={command}/{prior}"));
-        token(format_args!("prior={prior}"));
+        token(&[T("cmd&prior="), T(command), T("/"), T(prior)]);
+        token(&[T("prior="), T(prior)]);
     }
 
     /// What the structured-signal prior ([`status::classify`]) says of these signals alone.
@@ -132,6 +140,28 @@ impl Signals {
         }
         self.action.as_deref() == Some("failed")
     }
+}
+
+/// A piece of a signal token ([`Signals::each_token`]).
+enum Piece<'a> {
+    Text(&'a str),
+    /// Written in decimal, as `Display` writes it.
+    Number(u32),
+}
+
+/// Append `n` in decimal, as `Display` writes it.
+fn push_number(buf: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// A masking pattern, compiled on its first use. Compiling one costs from 0.3 to 4 million instructions
@@ -827,10 +857,16 @@ impl Layout {
         let gram_prefix = fnv_part(FNV_OFFSET, b"c");
         // `<word>` and the byte offset of each of its characters (then its length): a gram of n characters
         // from character k is `marked[bounds[k]..bounds[k + n]]`, hashed without re-encoding.
-        let marked = format!("<{word}>");
-        let mut bounds: Vec<usize> = marked.char_indices().map(|(b, _)| b).collect();
+        let mut marked = String::with_capacity(word.len() + 2);
+        marked.push('<');
+        marked.push_str(word);
+        marked.push('>');
+        let mut bounds: Vec<usize> = Vec::with_capacity(marked.len() + 1);
+        bounds.extend(marked.char_indices().map(|(b, _)| b));
         bounds.push(marked.len());
         let chars = bounds.len() - 1;
+        // 3-, 4- and 5-grams, and the anagram key
+        inner.rows.reserve(3 * chars);
         for n in 3..=5 {
             if chars < n {
                 break;
@@ -1245,6 +1281,66 @@ mod tests {
         assert_eq!(named("mailbox")[0].1, "a:abilmox");
         assert_ne!(named("mailbox"), named("maibox"));
         assert!(named("full").len() == 1 && named("box").is_empty());
+    }
+
+    /// `Signals::each_token` as first written, every token through `format!`.
+    fn reference_tokens(s: &Signals, prior: &str) -> Vec<String> {
+        let mut out = vec![format!("kind={}", s.kind.map_or("text", Kind::as_str))];
+        let code = s.status.as_deref().and_then(status::parse_enhanced);
+        match code {
+            Some((class, subject, detail)) => out.extend([
+                format!("sc={class}"),
+                format!("ss={class}.{subject}"),
+                format!("sd={subject}.{detail}"),
+                format!("sx={class}.{subject}.{detail}"),
+            ]),
+            None => out.push("sc=none".into()),
+        }
+        match s.reply_code {
+            Some(code) => out.extend([format!("rc={code}"), format!("rcc={}", code / 100)]),
+            None => out.push("rc=none".into()),
+        }
+        out.push(format!("act={}", s.action.as_deref().unwrap_or("none")));
+        let command = s.smtp_command.as_deref().unwrap_or("none");
+        out.push(format!("cmd={command}"));
+        out.push(match code {
+            Some((class, subject, _)) => format!("cmd&ss={command}/{class}.{subject}"),
+            None => format!("cmd&rcc={command}/{}", s.reply_code.map_or(0, |c| c / 100)),
+        });
+        out.extend([format!("cmd&prior={command}/{prior}"), format!("prior={prior}")]);
+        out
+    }
+
+    #[test]
+    fn signal_tokens_equal_the_formatted_ones() {
+        let statuses = [None, Some("5.1.1"), Some("4.7.0"), Some("2.0.0"), Some("5.999.999"), Some("5.10.100"),
+            Some("x"), Some("5.1"), Some(" 4.2.2 ")];
+        let replies = [None, Some(0), Some(9), Some(10), Some(99), Some(250), Some(421), Some(550), Some(999),
+            Some(1000), Some(u16::MAX)];
+        let mut checked = 0;
+        for status in statuses {
+            for reply_code in replies {
+                for (kind, action, command) in [(None, None, None), (Some(Kind::Dsn), Some("failed"), Some("DATA"))] {
+                    let s = Signals {
+                        kind,
+                        status: status.map(String::from),
+                        reply_code,
+                        action: action.map(String::from),
+                        smtp_command: command.map(String::from),
+                    };
+                    let mut got = Vec::new();
+                    s.each_token("userunknown", |t| got.push(t.to_string()));
+                    assert_eq!(got, reference_tokens(&s, "userunknown"), "{s:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 198);
+        for n in [0, 1, 9, 10, 99, 100, 12345, u32::MAX] {
+            let mut buf = String::new();
+            push_number(&mut buf, n);
+            assert_eq!(buf, n.to_string());
+        }
     }
 
     #[test]

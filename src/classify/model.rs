@@ -448,7 +448,7 @@ impl Model {
     fn cached_text_features(&self, normalised: &str) -> TextFeatures {
         WORD_CACHE.with_borrow_mut(|cache| {
             cache.prepare(self.id);
-            let mut order = Vec::new();
+            let mut order = Vec::with_capacity(normalised.len() / 4);
             each_word(normalised, |word| {
                 order.push(cache.entry(word, || self.layout.word_features(word, self.word_id(word), self.unk, false)));
             });
