@@ -316,7 +316,15 @@ fn run_of(t: &str, i: usize, class: impl Fn(char) -> bool) -> (usize, usize) {
 fn ipv4s(t: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(c) = t[i..].chars().next() {
+    let mut dot = None;
+    loop {
+        // A match's first run of digits is followed by a dot: none starts before the run that ends at the next
+        // dot, so the scan jumps there (most of a text has no dot to look at).
+        if dot.is_none_or(|d| d < i) {
+            let Some((start, next_dot)) = run_before_next_dot(t, i, is_decimal) else { break };
+            (i, dot) = (start, Some(next_dot));
+        }
+        let Some(c) = t[i..].chars().next() else { break };
         if is_decimal(c)
             && !word_before(t, i)
             && let Some(end) = dotted_decimal_at(t, i, 4)
@@ -328,6 +336,15 @@ fn ipv4s(t: &str) -> Vec<Range<usize>> {
         i += c.len_utf8();
     }
     out
+}
+
+/// The first `.` at or after byte `from` of `t`, and where the run of `class` characters that ends at it
+/// starts (taken no further back than `from`; the dot itself when no such character precedes it); `None`
+/// when no dot follows.
+fn run_before_next_dot(t: &str, from: usize, class: impl Fn(char) -> bool) -> Option<(usize, usize)> {
+    let dot = from + memchr::memchr(b'.', &t.as_bytes()[from..])?;
+    let run: usize = t[from..dot].chars().rev().take_while(|&c| class(c)).map(char::len_utf8).sum();
+    Some((dot - run, dot))
 }
 
 /// The end of `\d{1,3}(?:\.\d{1,3}){parts-1}\b` matched at byte `i` of `t`, if it matches there. Each part
@@ -374,7 +391,16 @@ fn dotted_names(t: &str) -> Vec<Range<usize>> {
     let b = t.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(c) = t[i..].chars().next() {
+    let mut dot = None;
+    loop {
+        // A match's first run of name characters is followed by a dot: none starts before the run that ends at
+        // the next dot, and a start before it that matches nothing ends its parts at or before that run (its
+        // first run is followed by no dot), so the scan jumps there.
+        if dot.is_none_or(|d| d < i) {
+            let Some((start, next_dot)) = run_before_next_dot(t, i, is_host_char) else { break };
+            (i, dot) = (start, Some(next_dot));
+        }
+        let Some(c) = t[i..].chars().next() else { break };
         if !is_host_char(c) || !word_boundary(t, i) {
             i += c.len_utf8();
             continue;
