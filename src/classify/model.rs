@@ -687,7 +687,7 @@ fn mean_of_rows(table: &[f32], rows: &[u32], out: &mut [f32]) {
     if rows.is_empty() {
         return;
     }
-    if out.len() % WIDE == 0 {
+    if out.len().is_multiple_of(WIDE) {
         add_rows::<WIDE>(table, rows, out);
     } else {
         add_rows::<LANES>(table, rows, out);
