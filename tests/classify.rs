@@ -108,9 +108,7 @@ fn the_memory_recalls_a_training_text_whose_address_changed_and_not_an_unrelated
     let signals = Signals { status: Some("5.1.1".into()), reply_code: Some(550), ..Signals::default() };
     let recall = |text: &str| {
         let enc = m.encode(text, &signals, false);
-        let rows: Vec<u32> = enc.features.iter().map(|f| f.row).collect();
-        let sig: Vec<u32> = enc.signals.iter().map(|(_, r)| *r).collect();
-        m.memory().recall(&rows, &sig, m.labels().len())
+        m.memory().recall(&enc.text.rows, &enc.signal_rows, m.labels().len())
     };
     let r = recall("<jane.roe@mail.other.example.net>: Recipient address rejected: User unknown in virtual mailbox table")
         .expect("a match");

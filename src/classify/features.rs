@@ -65,45 +65,53 @@ impl Signals {
     }
 
     /// Pass each of [`Signals::tokens`] to `each`, in order, given `prior`, the reason the status prior names
-    /// for these signals ([`Signals::prior`]). The tokens are written in turn into one buffer (no allocation
-    /// per token: inference hashes them and drops them).
+    /// for these signals ([`Signals::prior`]). The tokens are written in turn into one buffer, piece by piece
+    /// (no allocation per token, and no formatting machinery: inference hashes them and drops them).
     pub fn each_token(&self, prior: &str, mut each: impl FnMut(&str)) {
-        use std::fmt::Write;
-        let mut buf = String::with_capacity(32);
-        // Writing into a String cannot fail.
-        let mut token = |args: std::fmt::Arguments<'_>| {
+        let mut buf = String::with_capacity(48);
+        let mut token = |pieces: &[Piece<'_>]| {
             buf.clear();
-            let _ = buf.write_fmt(args);
+            for piece in pieces {
+                match *piece {
+                    Piece::Text(text) => buf.push_str(text),
+                    Piece::Number(n) => push_number(&mut buf, n),
+                }
+            }
             each(&buf);
         };
-        token(format_args!("kind={}", self.kind.map_or("text", Kind::as_str)));
-        match self.status.as_deref().and_then(status::parse_enhanced) {
+        use Piece::{Number as N, Text as T};
+        token(&[T("kind="), T(self.kind.map_or("text", Kind::as_str))]);
+        let code = self.status.as_deref().and_then(status::parse_enhanced);
+        match code {
             Some((class, subject, detail)) => {
-                token(format_args!("sc={class}"));
-                token(format_args!("ss={class}.{subject}"));
-                token(format_args!("sd={subject}.{detail}"));
-                token(format_args!("sx={class}.{subject}.{detail}"));
+                let (class, subject, detail) = (u32::from(class), u32::from(subject), u32::from(detail));
+                token(&[T("sc="), N(class)]);
+                token(&[T("ss="), N(class), T("."), N(subject)]);
+                token(&[T("sd="), N(subject), T("."), N(detail)]);
+                token(&[T("sx="), N(class), T("."), N(subject), T("."), N(detail)]);
             }
-            None => token(format_args!("sc=none")),
+            None => token(&[T("sc=none")]),
         }
         match self.reply_code {
             Some(code) => {
-                token(format_args!("rc={code}"));
-                token(format_args!("rcc={}", code / 100));
+                token(&[T("rc="), N(u32::from(code))]);
+                token(&[T("rcc="), N(u32::from(code / 100))]);
             }
-            None => token(format_args!("rc=none")),
+            None => token(&[T("rc=none")]),
         }
-        token(format_args!("act={}", self.action.as_deref().unwrap_or("none")));
+        token(&[T("act="), T(self.action.as_deref().unwrap_or("none"))]);
         let command = self.smtp_command.as_deref().unwrap_or("none");
-        token(format_args!("cmd={command}"));
+        token(&[T("cmd="), T(command)]);
         // Where the dialogue failed changes what a code means (a "user unknown" 5.1.1 after DATA is a
         // content filter's answer), so the command is also paired with the code and the prior's verdict.
-        match self.status.as_deref().and_then(status::parse_enhanced) {
-            Some((class, subject, _)) => token(format_args!("cmd&ss={command}/{class}.{subject}")),
-            None => token(format_args!("cmd&rcc={command}/{}", self.reply_code.map_or(0, |c| c / 100))),
+        match code {
+            Some((class, subject, _)) => {
+                token(&[T("cmd&ss="), T(command), T("/"), N(u32::from(class)), T("."), N(u32::from(subject))]);
+            }
+            None => token(&[T("cmd&rcc="), T(command), T("/"), N(u32::from(self.reply_code.map_or(0, |c| c / 100)))]),
         }
-        token(format_args!("cmd&prior={command}/{prior}"));
-        token(format_args!("prior={prior}"));
+        token(&[T("cmd&prior="), T(command), T("/"), T(prior)]);
+        token(&[T("prior="), T(prior)]);
     }
 
     /// What the structured-signal prior ([`status::classify`]) says of these signals alone.
@@ -132,6 +140,28 @@ impl Signals {
         }
         self.action.as_deref() == Some("failed")
     }
+}
+
+/// A piece of a signal token ([`Signals::each_token`]).
+enum Piece<'a> {
+    Text(&'a str),
+    /// Written in decimal, as `Display` writes it.
+    Number(u32),
+}
+
+/// Append `n` in decimal, as `Display` writes it.
+fn push_number(buf: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// A masking pattern, compiled on its first use. Compiling one costs from 0.3 to 4 million instructions
@@ -286,7 +316,15 @@ fn run_of(t: &str, i: usize, class: impl Fn(char) -> bool) -> (usize, usize) {
 fn ipv4s(t: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(c) = t[i..].chars().next() {
+    let mut dot = None;
+    loop {
+        // A match's first run of digits is followed by a dot: none starts before the run that ends at the next
+        // dot, so the scan jumps there (most of a text has no dot to look at).
+        if dot.is_none_or(|d| d < i) {
+            let Some((start, next_dot)) = run_before_next_dot(t, i, is_decimal) else { break };
+            (i, dot) = (start, Some(next_dot));
+        }
+        let Some(c) = t[i..].chars().next() else { break };
         if is_decimal(c)
             && !word_before(t, i)
             && let Some(end) = dotted_decimal_at(t, i, 4)
@@ -298,6 +336,15 @@ fn ipv4s(t: &str) -> Vec<Range<usize>> {
         i += c.len_utf8();
     }
     out
+}
+
+/// The first `.` at or after byte `from` of `t`, and where the run of `class` characters that ends at it
+/// starts (taken no further back than `from`; the dot itself when no such character precedes it); `None`
+/// when no dot follows.
+fn run_before_next_dot(t: &str, from: usize, class: impl Fn(char) -> bool) -> Option<(usize, usize)> {
+    let dot = from + memchr::memchr(b'.', &t.as_bytes()[from..])?;
+    let run: usize = t[from..dot].chars().rev().take_while(|&c| class(c)).map(char::len_utf8).sum();
+    Some((dot - run, dot))
 }
 
 /// The end of `\d{1,3}(?:\.\d{1,3}){parts-1}\b` matched at byte `i` of `t`, if it matches there. Each part
@@ -344,7 +391,16 @@ fn dotted_names(t: &str) -> Vec<Range<usize>> {
     let b = t.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(c) = t[i..].chars().next() {
+    let mut dot = None;
+    loop {
+        // A match's first run of name characters is followed by a dot: none starts before the run that ends at
+        // the next dot, and a start before it that matches nothing ends its parts at or before that run (its
+        // first run is followed by no dot), so the scan jumps there.
+        if dot.is_none_or(|d| d < i) {
+            let Some((start, next_dot)) = run_before_next_dot(t, i, is_host_char) else { break };
+            (i, dot) = (start, Some(next_dot));
+        }
+        let Some(c) = t[i..].chars().next() else { break };
         if !is_host_char(c) || !word_boundary(t, i) {
             i += c.len_utf8();
             continue;
@@ -577,8 +633,16 @@ fn mask_words(text: &str) -> Cow<'_, str> {
 /// NFKC, lowercase, and split into runs of word characters (letters, digits, `_`) and runs of other
 /// non-space characters: the normalizer and pre-tokenizer that `models/tokenizer.json` declares.
 pub fn words(normalised: &str) -> Vec<String> {
-    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
     let mut out = Vec::new();
+    each_word(normalised, |w| out.push(w.to_string()));
+    out
+}
+
+/// Pass each of [`words`] to `each`, in order, written in turn into one buffer (no allocation per word: the
+/// classify path looks the words up and drops them).
+pub fn each_word(normalised: &str, mut each: impl FnMut(&str)) {
+    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+    let mut cur = String::new();
     if normalised.is_ascii() {
         // ASCII is its own NFKC, and its lowercase is ASCII lowercase: the same split, byte by byte.
         let b = normalised.as_bytes();
@@ -586,7 +650,10 @@ pub fn words(normalised: &str) -> Vec<String> {
         let mut cur_word = false;
         let mut push = |from: usize, to: usize| {
             if from < to {
-                out.push(normalised[from..to].to_ascii_lowercase());
+                cur.clear();
+                cur.push_str(&normalised[from..to]);
+                cur.make_ascii_lowercase();
+                each(&cur);
             }
         };
         for (i, &c) in b.iter().enumerate() {
@@ -604,20 +671,21 @@ pub fn words(normalised: &str) -> Vec<String> {
             cur_word = is_word;
         }
         push(start, b.len());
-        return out;
+        return;
     }
-    let mut cur = String::new();
     let mut cur_word = false;
     let mut split = |c: char| {
         if c.is_whitespace() {
             if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
+                each(&cur);
+                cur.clear();
             }
             return;
         }
         let is_word = c.is_alphanumeric() || c == '_';
         if !cur.is_empty() && is_word != cur_word {
-            out.push(std::mem::take(&mut cur));
+            each(&cur);
+            cur.clear();
         }
         cur_word = is_word;
         cur.push(c);
@@ -629,9 +697,8 @@ pub fn words(normalised: &str) -> Vec<String> {
         normalised.nfkc().flat_map(char::to_lowercase).for_each(&mut split);
     }
     if !cur.is_empty() {
-        out.push(cur);
+        each(&cur);
     }
-    out
 }
 
 /// Mask one word: numbers other than reply codes, and IDs (letters mixed with digits, 6+ characters).
@@ -666,14 +733,23 @@ const ANAGRAM_MIN_LETTERS: usize = 4;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// Continue an FNV-1a hash over one part, then mark the part's end (so `ab|c` ≠ `a|bc`).
-fn fnv_part(mut h: u64, part: &[u8]) -> u64 {
-    for &b in part {
+/// Continue an FNV-1a hash over bytes, without marking an end (a part may be hashed in pieces).
+fn fnv_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(FNV_PRIME);
     }
-    h ^= 0xff;
-    h.wrapping_mul(FNV_PRIME)
+    h
+}
+
+/// Mark the end of a part (so `ab|c` ≠ `a|bc`).
+fn fnv_end(h: u64) -> u64 {
+    (h ^ 0xff).wrapping_mul(FNV_PRIME)
+}
+
+/// Continue an FNV-1a hash over one part, then mark the part's end.
+fn fnv_part(h: u64, part: &[u8]) -> u64 {
+    fnv_end(fnv_bytes(h, part))
 }
 
 /// 64-bit FNV-1a over parts, the feature hash (stable across platforms and versions, unlike `std`'s hasher).
@@ -681,13 +757,80 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     parts.iter().fold(FNV_OFFSET, |h, p| fnv_part(h, p))
 }
 
-/// One feature of a text: its row in the text embedding table and what it is (for `--explain`).
+/// The features of a text (or of one word, see [`WordFeatures`]): their rows in the text embedding table, in
+/// the order the network sums them, and their readable names when asked for (`classify --explain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextFeatures {
+    /// Rows in the text embedding table, in feature order.
+    pub rows: Vec<u32>,
+    /// One name per row (`w:word`, `b:word word`, `c:gram`, `a:letters`) when names were asked for; else empty.
+    pub names: Vec<String>,
+    named: bool,
+}
+
+impl TextFeatures {
+    /// No features yet; `named` keeps a readable name per feature (slower; for explain).
+    pub fn new(named: bool) -> TextFeatures {
+        TextFeatures { rows: Vec::new(), names: Vec::new(), named }
+    }
+
+    fn push(&mut self, row: u32, name: impl FnOnce() -> String) {
+        self.rows.push(row);
+        if self.named {
+            self.names.push(name());
+        }
+    }
+
+    fn extend(&mut self, other: &TextFeatures) {
+        self.rows.extend_from_slice(&other.rows);
+        if self.named {
+            self.names.extend_from_slice(&other.names);
+        }
+    }
+}
+
+/// What one word gives its text's features by itself: its vocabulary row, its character grams and anagram
+/// key, and what the features it shares with the next word (the bigram, the 4-grams across the space) need
+/// of it. The same word always gives the same, so the classify path computes it once per word and keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Feature {
-    /// Row in the text embedding table.
-    pub row: u32,
-    /// Human-readable name: `w:word`, `b:word word`, `c:gram`.
-    pub name: String,
+pub struct WordFeatures {
+    /// The word's row when it is in the vocabulary.
+    known: Option<u32>,
+    /// The bigram hash after the word (the bigram continues it with the next word).
+    bigram: u64,
+    /// Character grams and anagram key, in feature order (none unless the word is alphabetic).
+    inner: TextFeatures,
+    /// The word's last (up to) three characters and its first three, when it is alphabetic.
+    ends: Option<(Chars3, Chars3)>,
+}
+
+/// Up to three characters, UTF-8 (at most 12 bytes): an end of a word, for the 4-grams that span two words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chars3 {
+    bytes: [u8; 12],
+    len: u8,
+    /// Byte offset of each character, then the length.
+    bounds: [u8; 4],
+    chars: u8,
+}
+
+impl Chars3 {
+    /// `s`, which has at most three characters.
+    fn new(s: &str) -> Chars3 {
+        let mut c = Chars3 { bytes: [0; 12], len: s.len() as u8, bounds: [0; 4], chars: 0 };
+        c.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        for (i, (at, _)) in s.char_indices().enumerate() {
+            c.bounds[i] = at as u8;
+            c.chars += 1;
+        }
+        c.bounds[usize::from(c.chars)] = c.len;
+        c
+    }
+
+    /// The bytes from character `from` to character `to`.
+    fn slice(&self, from: usize, to: usize) -> &[u8] {
+        &self.bytes[usize::from(self.bounds[from])..usize::from(self.bounds[to])]
+    }
 }
 
 /// Sizes that place features in the text embedding table: vocabulary rows first, then hash buckets.
@@ -716,84 +859,88 @@ impl Layout {
 
     /// Features of a tokenised text: `tokens` are the words, `ids` their vocabulary ids (`unk` for unknown
     /// words). With `names`, each feature carries its readable name (slower; for explain).
-    pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool, out: &mut Vec<Feature>) {
-        // The hash of each feature's kind prefix, computed once (`fnv1a` hashes the parts in turn).
-        let bigram_prefix = fnv_part(FNV_OFFSET, b"b");
+    pub fn text_features(&self, tokens: &[String], ids: &[u32], unk: u32, names: bool) -> TextFeatures {
+        let each: Vec<WordFeatures> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, word)| self.word_features(word, ids.get(i).copied().unwrap_or(unk), unk, names))
+            .collect();
+        let words: Vec<(&str, &WordFeatures)> = tokens.iter().map(String::as_str).zip(&each).collect();
+        let mut out = TextFeatures::new(names);
+        self.join_words(&words, &mut out);
+        out
+    }
+
+    /// What `word` (vocabulary id `id`, `unk` when unknown) gives by itself (see [`WordFeatures`]); with
+    /// `names`, its features carry their readable names.
+    pub fn word_features(&self, word: &str, id: u32, unk: u32, names: bool) -> WordFeatures {
+        let known = (id != unk && id < self.vocab).then_some(id);
+        let bigram = fnv_part(fnv_part(FNV_OFFSET, b"b"), word.as_bytes());
+        let mut inner = TextFeatures::new(names);
+        if !word.chars().all(char::is_alphabetic) {
+            return WordFeatures { known, bigram, inner, ends: None };
+        }
         let gram_prefix = fnv_part(FNV_OFFSET, b"c");
-        let gram = |g: &str, out: &mut Vec<Feature>| {
-            let row = self.row_of(fnv_part(gram_prefix, g.as_bytes()));
-            let name = if names { format!("c:{g}") } else { String::new() };
-            out.push(Feature { row, name });
-        };
         // `<word>` and the byte offset of each of its characters (then its length): a gram of n characters
         // from character k is `marked[bounds[k]..bounds[k + n]]`, hashed without re-encoding.
-        let mut marked = String::new();
-        let mut bounds: Vec<usize> = Vec::new();
-        let mut junction = String::new();
-        let mut junction_bounds: Vec<usize> = Vec::new();
-        let anagram_prefix = fnv_part(FNV_OFFSET, b"a");
-        let mut letters: Vec<char> = Vec::new();
-        let mut sorted = String::new();
-        let char_bounds = |s: &str, bounds: &mut Vec<usize>| {
-            bounds.clear();
-            bounds.extend(s.char_indices().map(|(b, _)| b));
-            bounds.push(s.len());
-        };
-        let alphabetic = |w: &str| w.chars().all(char::is_alphabetic);
-        for (i, word) in tokens.iter().enumerate() {
-            let id = ids.get(i).copied().unwrap_or(unk);
-            if id != unk && id < self.vocab {
-                let name = if names { format!("w:{word}") } else { String::new() };
-                out.push(Feature { row: id, name });
+        let mut marked = String::with_capacity(word.len() + 2);
+        marked.push('<');
+        marked.push_str(word);
+        marked.push('>');
+        let mut bounds: Vec<usize> = Vec::with_capacity(marked.len() + 1);
+        bounds.extend(marked.char_indices().map(|(b, _)| b));
+        bounds.push(marked.len());
+        let chars = bounds.len() - 1;
+        // 3-, 4- and 5-grams, and the anagram key
+        inner.rows.reserve(3 * chars);
+        for n in 3..=5 {
+            if chars < n {
+                break;
             }
-            let next = tokens.get(i + 1);
-            if let Some(next) = next {
-                let row = self.row_of(fnv_part(fnv_part(bigram_prefix, word.as_bytes()), next.as_bytes()));
-                let name = if names { format!("b:{word} {next}") } else { String::new() };
-                out.push(Feature { row, name });
+            for k in 0..=chars - n {
+                let g = &marked[bounds[k]..bounds[k + n]];
+                inner.push(self.row_of(fnv_part(gram_prefix, g.as_bytes())), || format!("c:{g}"));
             }
-            if !alphabetic(word) {
+        }
+        let word_chars = chars - 2;
+        if word_chars >= ANAGRAM_MIN_LETTERS {
+            let mut letters: Vec<char> = word.chars().collect();
+            letters.sort_unstable();
+            let sorted: String = letters.into_iter().collect();
+            let row = self.row_of(fnv_part(fnv_part(FNV_OFFSET, b"a"), sorted.as_bytes()));
+            inner.push(row, || format!("a:{sorted}"));
+        }
+        let tail = &marked[bounds[1 + word_chars - word_chars.min(3)]..bounds[1 + word_chars]];
+        let head = &marked[1..bounds[1 + word_chars.min(3)]];
+        WordFeatures { known, bigram, inner, ends: Some((Chars3::new(tail), Chars3::new(head))) }
+    }
+
+    /// Append the features of a text given its words in order, each with what it gives by itself
+    /// ([`Layout::word_features`]): for each word, its vocabulary row, the bigram with the next word, its
+    /// character grams and anagram key, then the 4-grams that span the space to the next word when both are
+    /// alphabetic (the word's last up to 3 characters, then the next word's first 3: the grams of that
+    /// junction that are not in-word grams already).
+    pub fn join_words(&self, words: &[(&str, &WordFeatures)], out: &mut TextFeatures) {
+        let gram_prefix = fnv_part(FNV_OFFSET, b"c");
+        for (i, &(word, f)) in words.iter().enumerate() {
+            if let Some(row) = f.known {
+                out.push(row, || format!("w:{word}"));
+            }
+            let next = words.get(i + 1);
+            if let Some(&(next_word, _)) = next {
+                out.push(self.row_of(fnv_part(f.bigram, next_word.as_bytes())), || format!("b:{word} {next_word}"));
+            }
+            out.extend(&f.inner);
+            let Some(((tail, _), (_, head))) = f.ends.zip(next.and_then(|(_, n)| n.ends)) else {
                 continue;
-            }
-            marked.clear();
-            marked.push('<');
-            marked.push_str(word);
-            marked.push('>');
-            char_bounds(&marked, &mut bounds);
-            let chars = bounds.len() - 1;
-            for n in 3..=5 {
-                if chars < n {
-                    break;
-                }
-                for k in 0..=chars - n {
-                    gram(&marked[bounds[k]..bounds[k + n]], out);
-                }
-            }
-            if chars - 2 >= ANAGRAM_MIN_LETTERS {
-                letters.clear();
-                letters.extend(word.chars());
-                letters.sort_unstable();
-                sorted.clear();
-                sorted.extend(letters.iter());
-                let row = self.row_of(fnv_part(anagram_prefix, sorted.as_bytes()));
-                let name = if names { format!("a:{sorted}") } else { String::new() };
-                out.push(Feature { row, name });
-            }
-            if let Some(next) = next.filter(|w| alphabetic(w)) {
-                // the 4-grams that span the junction of two words (the others are in-word grams already):
-                // the word's last (up to) 3 characters, then the next word's first 3
-                let word_chars = chars - 2;
-                let tail_len = word_chars.min(3);
-                junction.clear();
-                junction.push_str(&marked[bounds[1 + word_chars - tail_len]..bounds[1 + word_chars]]);
-                junction.extend(next.chars().take(3));
-                char_bounds(&junction, &mut junction_bounds);
-                let junction_chars = junction_bounds.len() - 1;
-                for k in 0..(junction_chars + 1).saturating_sub(4) {
-                    if k < tail_len && k + 4 > tail_len {
-                        gram(&junction[junction_bounds[k]..junction_bounds[k + 4]], out);
-                    }
-                }
+            };
+            let (tail_chars, head_chars) = (usize::from(tail.chars), usize::from(head.chars));
+            for k in 0..tail_chars.min((tail_chars + head_chars).saturating_sub(3)) {
+                let (from_tail, from_head) = (tail.slice(k, tail_chars), head.slice(0, k + 4 - tail_chars));
+                let row = self.row_of(fnv_end(fnv_bytes(fnv_bytes(gram_prefix, from_tail), from_head)));
+                out.push(row, || {
+                    format!("c:{}{}", String::from_utf8_lossy(from_tail), String::from_utf8_lossy(from_head))
+                });
             }
         }
     }
@@ -1014,6 +1161,13 @@ mod tests {
         assert_same_as_reference(&"é".repeat(3000));
     }
 
+    /// A feature of the first version: its row and its name.
+    #[derive(Debug, PartialEq)]
+    struct Feature {
+        row: u32,
+        name: String,
+    }
+
     /// `Layout::text_features` as first written (every n-gram encoded to bytes, every hash from the start).
     fn reference_text_features(layout: &Layout, tokens: &[String], ids: &[u32], unk: u32, out: &mut Vec<Feature>) {
         let gram_bytes = |chars: &[char], buf: &mut [u8; 32]| {
@@ -1096,12 +1250,11 @@ mod tests {
                 let ids: Vec<u32> = tokens.iter().map(|_| rng.gen_range(0..12)).collect();
                 let mut want = Vec::new();
                 reference_text_features(&layout, &tokens, &ids, 0, &mut want);
-                let mut named = Vec::new();
-                layout.text_features(&tokens, &ids, 0, true, &mut named);
-                assert_eq!(named, want, "{tokens:?}");
-                let mut rows = Vec::new();
-                layout.text_features(&tokens, &ids, 0, false, &mut rows);
-                assert_eq!(rows.iter().map(|f| f.row).collect::<Vec<_>>(), want.iter().map(|f| f.row).collect::<Vec<_>>());
+                let named = layout.text_features(&tokens, &ids, 0, true);
+                assert_eq!(named.rows, want.iter().map(|f| f.row).collect::<Vec<_>>(), "{tokens:?}");
+                assert_eq!(named.names, want.iter().map(|f| f.name.clone()).collect::<Vec<_>>(), "{tokens:?}");
+                let plain = layout.text_features(&tokens, &ids, 0, false);
+                assert_eq!((plain.rows, plain.names.len()), (named.rows, 0));
             }
         }
     }
@@ -1135,9 +1288,7 @@ mod tests {
         let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
         let feats = |t: &[&str]| {
             let toks: Vec<String> = t.iter().map(|s| s.to_string()).collect();
-            let mut out = Vec::new();
-            layout.text_features(&toks, &vec![0; toks.len()], 0, false, &mut out);
-            out.into_iter().map(|f| f.row).collect::<std::collections::HashSet<_>>()
+            layout.text_features(&toks, &vec![0; toks.len()], 0, false).rows.into_iter().collect::<std::collections::HashSet<_>>()
         };
         let a = feats(&["mailbox", "full"]);
         let b = feats(&["mail", "box", "full"]);
@@ -1149,14 +1300,73 @@ mod tests {
     fn a_letter_swap_keeps_the_anagram_key() {
         let layout = Layout { vocab: 0, buckets: 1 << 20, signal_buckets: 64 };
         let named = |w: &str| {
-            let mut out = Vec::new();
-            layout.text_features(&[w.to_string()], &[0], 0, true, &mut out);
-            out.into_iter().filter(|f| f.name.starts_with("a:")).map(|f| (f.row, f.name)).collect::<Vec<_>>()
+            let out = layout.text_features(&[w.to_string()], &[0], 0, true);
+            out.rows.into_iter().zip(out.names).filter(|(_, name)| name.starts_with("a:")).collect::<Vec<_>>()
         };
         assert_eq!(named("mailbox"), named("mialbox"));
         assert_eq!(named("mailbox")[0].1, "a:abilmox");
         assert_ne!(named("mailbox"), named("maibox"));
         assert!(named("full").len() == 1 && named("box").is_empty());
+    }
+
+    /// `Signals::each_token` as first written, every token through `format!`.
+    fn reference_tokens(s: &Signals, prior: &str) -> Vec<String> {
+        let mut out = vec![format!("kind={}", s.kind.map_or("text", Kind::as_str))];
+        let code = s.status.as_deref().and_then(status::parse_enhanced);
+        match code {
+            Some((class, subject, detail)) => out.extend([
+                format!("sc={class}"),
+                format!("ss={class}.{subject}"),
+                format!("sd={subject}.{detail}"),
+                format!("sx={class}.{subject}.{detail}"),
+            ]),
+            None => out.push("sc=none".into()),
+        }
+        match s.reply_code {
+            Some(code) => out.extend([format!("rc={code}"), format!("rcc={}", code / 100)]),
+            None => out.push("rc=none".into()),
+        }
+        out.push(format!("act={}", s.action.as_deref().unwrap_or("none")));
+        let command = s.smtp_command.as_deref().unwrap_or("none");
+        out.push(format!("cmd={command}"));
+        out.push(match code {
+            Some((class, subject, _)) => format!("cmd&ss={command}/{class}.{subject}"),
+            None => format!("cmd&rcc={command}/{}", s.reply_code.map_or(0, |c| c / 100)),
+        });
+        out.extend([format!("cmd&prior={command}/{prior}"), format!("prior={prior}")]);
+        out
+    }
+
+    #[test]
+    fn signal_tokens_equal_the_formatted_ones() {
+        let statuses = [None, Some("5.1.1"), Some("4.7.0"), Some("2.0.0"), Some("5.999.999"), Some("5.10.100"),
+            Some("x"), Some("5.1"), Some(" 4.2.2 ")];
+        let replies = [None, Some(0), Some(9), Some(10), Some(99), Some(250), Some(421), Some(550), Some(999),
+            Some(1000), Some(u16::MAX)];
+        let mut checked = 0;
+        for status in statuses {
+            for reply_code in replies {
+                for (kind, action, command) in [(None, None, None), (Some(Kind::Dsn), Some("failed"), Some("DATA"))] {
+                    let s = Signals {
+                        kind,
+                        status: status.map(String::from),
+                        reply_code,
+                        action: action.map(String::from),
+                        smtp_command: command.map(String::from),
+                    };
+                    let mut got = Vec::new();
+                    s.each_token("userunknown", |t| got.push(t.to_string()));
+                    assert_eq!(got, reference_tokens(&s, "userunknown"), "{s:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 198);
+        for n in [0, 1, 9, 10, 99, 100, 12345, u32::MAX] {
+            let mut buf = String::new();
+            push_number(&mut buf, n);
+            assert_eq!(buf, n.to_string());
+        }
     }
 
     #[test]

@@ -6,15 +6,19 @@
 //! `x = [mean(E_text[text features]) ; mean(E_sig[signal tokens])]`, `h = relu(W1 x + b1)`,
 //! `p = softmax(W2 h + b2)` over the labels of labels.json.
 
+use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ahash::AHashMap;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::features::{normalise, words, Feature, Layout, Signals};
+use super::features::{each_word, normalise, words, Layout, Signals, TextFeatures, WordFeatures};
 use super::memory::Memory;
 use super::{Classification, DecidedBy};
 
@@ -134,6 +138,8 @@ pub struct ModelConfig {
 
 /// A loaded model.
 pub struct Model {
+    /// This model among those of the process (the key of the per-thread word cache, see [`WordCache`]).
+    id: u64,
     tokenizer: Tokenizer,
     unk: u32,
     layout: Layout,
@@ -145,10 +151,9 @@ pub struct Model {
     b1: Vec<f32>,
     w2: Vec<f32>,
     b2: Vec<f32>,
-    /// `w1` transposed (`2·dim × hidden`) and `w2` transposed (`hidden × labels`): the layout the dense layers
-    /// are computed in (see [`dense`]).
-    w1t: Vec<f32>,
-    w2t: Vec<f32>,
+    /// `w1` and `w2` in panels, the layout the dense layers are computed in (see [`panels`]).
+    w1p: Vec<f32>,
+    w2p: Vec<f32>,
     memory: Memory,
 }
 
@@ -170,10 +175,12 @@ pub struct Weights {
 
 /// Features and signal rows of one input, ready for the network.
 pub struct Encoded {
-    /// Text features.
-    pub features: Vec<Feature>,
-    /// Signal tokens (empty names unless encoded with names) and their rows.
-    pub signals: Vec<(String, u32)>,
+    /// Text features (with their names when encoded with names).
+    pub text: TextFeatures,
+    /// Rows of the signal tokens in the signal table.
+    pub signal_rows: Vec<u32>,
+    /// The signal tokens, one per row, when encoded with names; else empty.
+    pub signal_names: Vec<String>,
 }
 
 /// What weighed most in one verdict (for `classify --explain`).
@@ -271,7 +278,9 @@ impl Model {
                 return Err(format!("tensor {name} has {got} values, expected {want}"));
             }
         }
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Model {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             tokenizer,
             unk,
             layout,
@@ -279,8 +288,8 @@ impl Model {
             config,
             text_emb: w.text_emb,
             signal_emb: w.signal_emb,
-            w1t: transpose(&w.w1, h, 2 * d),
-            w2t: transpose(&w.w2, c, h),
+            w1p: panels(&w.w1, h, 2 * d),
+            w2p: panels(&w.w2, c, h),
             w1: w.w1,
             b1: w.b1,
             w2: w.w2,
@@ -411,62 +420,63 @@ impl Model {
     /// [`Model::encode`] given the reason the status prior names for `signals`.
     fn encode_with_prior(&self, text: &str, signals: &Signals, prior: &str, names: bool) -> Encoded {
         let norm = normalise(text);
-        let mut features = Vec::with_capacity(norm.len());
-        let words = words(&norm);
-        let ids: Vec<u32> = words.iter().map(|w| self.tokenizer.token_to_id(w).unwrap_or(self.unk)).collect();
-        self.layout.text_features(&words, &ids, self.unk, names, &mut features);
-        let mut signal_rows = Vec::with_capacity(10);
+        let text = if names {
+            let words = words(&norm);
+            let ids: Vec<u32> = words.iter().map(|w| self.word_id(w)).collect();
+            self.layout.text_features(&words, &ids, self.unk, true)
+        } else {
+            self.cached_text_features(&norm)
+        };
+        let mut signal_rows = Vec::with_capacity(12);
+        let mut signal_names = Vec::new();
         signals.each_token(prior, |t| {
-            let name = if names { t.to_string() } else { String::new() };
-            signal_rows.push((name, self.layout.signal_row(t)));
+            if names {
+                signal_names.push(t.to_string());
+            }
+            signal_rows.push(self.layout.signal_row(t));
         });
-        Encoded { features, signals: signal_rows }
+        Encoded { text, signal_rows, signal_names }
     }
 
-    /// Output logits for encoded input, skipping text feature `skip_feature` / signal `skip_signal` (by name;
-    /// for explain's occlusion).
-    fn logits(&self, enc: &Encoded, skip_feature: Option<&str>, skip_signal: Option<usize>) -> Vec<f32> {
+    /// The vocabulary id of a word (`unk` when unknown).
+    fn word_id(&self, word: &str) -> u32 {
+        self.tokenizer.token_to_id(word).unwrap_or(self.unk)
+    }
+
+    /// The text features (no names) of a normalised text, with what each word gives by itself taken from this
+    /// thread's [`WordCache`]: the same as [`Layout::text_features`] over [`words`].
+    fn cached_text_features(&self, normalised: &str) -> TextFeatures {
+        WORD_CACHE.with_borrow_mut(|cache| {
+            cache.prepare(self.id);
+            let mut order = Vec::with_capacity(normalised.len() / 4);
+            each_word(normalised, |word| {
+                order.push(cache.entry(word, || self.layout.word_features(word, self.word_id(word), self.unk, false)));
+            });
+            let words: Vec<(&str, &WordFeatures)> = order
+                .iter()
+                .map(|&i| {
+                    let (word, features) = &cache.entries[i];
+                    (&**word, features)
+                })
+                .collect();
+            let mut out = TextFeatures::new(false);
+            out.rows.reserve(normalised.len());
+            self.layout.join_words(&words, &mut out);
+            out
+        })
+    }
+
+    /// Output logits for the text features at `text_rows` and the signal tokens at `signal_rows`: each table's
+    /// rows averaged, then the two dense layers.
+    fn logits(&self, text_rows: &[u32], signal_rows: &[u32]) -> Vec<f32> {
         let d = self.config.dim;
         let mut x = vec![0f32; 2 * d];
-        let rows: Vec<usize> = enc
-            .features
-            .iter()
-            .filter(|f| skip_feature.is_none_or(|s| s != f.name))
-            .map(|f| f.row as usize)
-            .collect();
-        let n = rows.len();
-        // The rows are scattered over megabytes, so reading them is mostly cache misses. They are copied a block
-        // at a time into a small buffer, then added in feature order (the same sums as adding each row as it is
-        // read): the copies have no dependency from one row to the next, so the CPU fetches the rows of a block
-        // together instead of waiting for each in turn (3-4x faster than row by row in a micro-benchmark of
-        // 241 scattered rows a text, the shared corpus's mean).
-        let mut block = vec![0f32; ROWS_PER_BLOCK.min(n) * d];
-        for chunk in rows.chunks(ROWS_PER_BLOCK) {
-            for (&row, out) in chunk.iter().zip(block.chunks_exact_mut(d)) {
-                out.copy_from_slice(&self.text_emb[row * d..(row + 1) * d]);
-            }
-            for row in block.chunks_exact(d).take(chunk.len()) {
-                x[..d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            }
-        }
-        if n > 0 {
-            x[..d].iter_mut().for_each(|a| *a /= n as f32);
-        }
-        let mut m = 0usize;
-        for (i, (_, row)) in enc.signals.iter().enumerate() {
-            if skip_signal == Some(i) {
-                continue;
-            }
-            let row = &self.signal_emb[*row as usize * d..(*row as usize + 1) * d];
-            x[d..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            m += 1;
-        }
-        if m > 0 {
-            x[d..].iter_mut().for_each(|a| *a /= m as f32);
-        }
-        let mut hidden = dense(&self.w1t, &self.b1, &x);
+        let (text, signal) = x.split_at_mut(d);
+        mean_of_rows(&self.text_emb, text_rows, text);
+        mean_of_rows(&self.signal_emb, signal_rows, signal);
+        let mut hidden = dense(&self.w1p, &self.b1, &x);
         hidden.iter_mut().for_each(|v| *v = v.max(0.0));
-        dense(&self.w2t, &self.b2, &hidden)
+        dense(&self.w2p, &self.b2, &hidden)
     }
 
     /// Set the status prior's weight (see [`ModelConfig::prior_weight`]).
@@ -495,9 +505,7 @@ impl Model {
         if threshold <= 0.0 || self.memory.is_empty() {
             return None;
         }
-        let text: Vec<u32> = enc.features.iter().map(|f| f.row).collect();
-        let signals: Vec<u32> = enc.signals.iter().map(|(_, r)| *r).collect();
-        let r = self.memory.recall(&text, &signals, self.labels.len())?;
+        let r = self.memory.recall(&enc.text.rows, &enc.signal_rows, self.labels.len())?;
         if r.similarity < threshold {
             return None;
         }
@@ -519,7 +527,8 @@ impl Model {
     /// Label probabilities for one input, in label order.
     pub fn probabilities(&self, text: &str, signals: &Signals) -> Vec<f32> {
         let prior = signals.prior_classification();
-        let mut logits = self.logits(&self.encode_with_prior(text, signals, &prior.reason, false), None, None);
+        let enc = self.encode_with_prior(text, signals, &prior.reason, false);
+        let mut logits = self.logits(&enc.text.rows, &enc.signal_rows);
         self.fuse(&mut logits, &prior);
         softmax(&logits)
     }
@@ -542,7 +551,7 @@ impl Model {
         if let Some(c) = self.recall(&enc) {
             return self.settle(c, signals, min_confidence);
         }
-        let mut logits = self.logits(&enc, None, None);
+        let mut logits = self.logits(&enc.text.rows, &enc.signal_rows);
         self.fuse(&mut logits, prior);
         self.verdict(&softmax(&logits), signals, min_confidence)
     }
@@ -585,7 +594,7 @@ impl Model {
     pub fn explain(&self, text: &str, signals: &Signals, min_confidence: f32, top_n: usize) -> Explanation {
         let prior = signals.prior_classification();
         let enc = self.encode_with_prior(text, signals, &prior.reason, true);
-        let mut logits = self.logits(&enc, None, None);
+        let mut logits = self.logits(&enc.text.rows, &enc.signal_rows);
         self.fuse(&mut logits, &prior);
         let probs = softmax(&logits);
         let classification = match self.recall(&enc) {
@@ -593,17 +602,26 @@ impl Model {
             None => self.verdict(&probs, signals, min_confidence),
         };
         let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-        let mut names: Vec<&str> = enc.features.iter().map(|f| f.name.as_str()).collect();
+        // Occlusion: every occurrence of a feature name (or the one signal token) left out.
+        let mut names: Vec<&str> = enc.text.names.iter().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
         let mut features: Vec<(String, f32)> = names
             .into_iter()
-            .map(|name| (name.to_string(), logits[best] - self.logits(&enc, Some(name), None)[best]))
+            .map(|name| {
+                let rows: Vec<u32> =
+                    enc.text.rows.iter().zip(&enc.text.names).filter(|(_, n)| *n != name).map(|(&r, _)| r).collect();
+                (name.to_string(), logits[best] - self.logits(&rows, &enc.signal_rows)[best])
+            })
             .collect();
         features.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         features.truncate(top_n);
-        let signals_w = (0..enc.signals.len())
-            .map(|i| (enc.signals[i].0.clone(), logits[best] - self.logits(&enc, None, Some(i))[best]))
+        let signals_w = (0..enc.signal_rows.len())
+            .map(|i| {
+                let mut rows = enc.signal_rows.clone();
+                rows.remove(i);
+                (enc.signal_names[i].clone(), logits[best] - self.logits(&enc.text.rows, &rows)[best])
+            })
             .collect();
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
@@ -612,33 +630,136 @@ impl Model {
     }
 }
 
-/// Text embedding rows copied per block in [`Model::logits`]: enough to keep many fetches in flight, few
-/// enough that the block stays in the first-level cache.
-const ROWS_PER_BLOCK: usize = 32;
+/// What each word gives a text's features by itself ([`WordFeatures`], with its vocabulary id), kept per thread
+/// for the model it was computed with: bounce texts repeat their words, and a word's character grams, anagram
+/// key and vocabulary lookup cost far more than finding them again. Emptied when it reaches
+/// [`WORD_CACHE_WORDS`] words or another model uses the thread.
+#[derive(Default)]
+struct WordCache {
+    /// [`Model::id`] of the model the entries belong to.
+    model: u64,
+    /// Where each word's entry is.
+    index: AHashMap<Box<str>, usize>,
+    /// The words and what they give.
+    entries: Vec<(Box<str>, WordFeatures)>,
+}
+
+/// Words the word cache holds before it starts over (each ~150 bytes: at most a few MB a thread).
+const WORD_CACHE_WORDS: usize = 1 << 14;
+
+impl WordCache {
+    /// Before a text: start over when the entries belong to another model or the cache is full.
+    fn prepare(&mut self, model: u64) {
+        if self.model != model || self.entries.len() >= WORD_CACHE_WORDS {
+            self.model = model;
+            self.index.clear();
+            self.entries.clear();
+        }
+    }
+
+    /// The index of `word`'s entry, computed by `features` if the cache does not have it.
+    fn entry(&mut self, word: &str, features: impl FnOnce() -> WordFeatures) -> usize {
+        if let Some(&i) = self.index.get(word) {
+            return i;
+        }
+        let i = self.entries.len();
+        self.entries.push((word.into(), features()));
+        self.index.insert(word.into(), i);
+        i
+    }
+}
+
+thread_local! {
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::default());
+}
+
+/// Outputs of a dense layer computed at a time: an accumulator of four SSE registers (the build targets
+/// baseline x86-64), which stays in registers over all the inputs.
+const LANES: usize = 16;
+
+/// Embedding values summed at a time when the width allows (the shipped models' 48): twelve SSE registers.
+const WIDE: usize = 48;
+
+/// `out = mean of table[rows]` (rows of `out.len()` values; `out` left as it is, zeros, when `rows` is empty).
+/// Each output is the sum of its column over the rows in their order, divided by their number: the sums of
+/// adding each row in turn, bit for bit.
+fn mean_of_rows(table: &[f32], rows: &[u32], out: &mut [f32]) {
+    if rows.is_empty() {
+        return;
+    }
+    if out.len().is_multiple_of(WIDE) {
+        add_rows::<WIDE>(table, rows, out);
+    } else {
+        add_rows::<LANES>(table, rows, out);
+    }
+    let n = rows.len() as f32;
+    out.iter_mut().for_each(|a| *a /= n);
+}
+
+/// `out += table[row]` for each of `rows` in turn, `W` outputs at a time over all the rows: the chunk's sums
+/// stay in registers, and the CPU fetches the scattered rows ahead (they are mostly cache misses, and no
+/// address depends on the sums).
+fn add_rows<const W: usize>(table: &[f32], rows: &[u32], out: &mut [f32]) {
+    let d = out.len();
+    let (chunks, rest) = out.as_chunks_mut::<W>();
+    for (c, chunk) in chunks.iter_mut().enumerate() {
+        let mut acc = *chunk;
+        for &row in rows {
+            let start = row as usize * d + c * W;
+            let values: &[f32; W] = table[start..start + W].try_into().expect("a chunk is W values");
+            for (a, v) in acc.iter_mut().zip(values) {
+                *a += v;
+            }
+        }
+        *chunk = acc;
+    }
+    let done = d - rest.len();
+    for (j, a) in rest.iter_mut().enumerate() {
+        for &row in rows {
+            *a += table[row as usize * d + done + j];
+        }
+    }
+}
 
 /// Names of the memory's tensors in model.safetensors: rows, offsets, labels (all u32).
 const MEMORY_TENSORS: [&str; 3] = ["mem_rows", "mem_offsets", "mem_labels"];
 
-/// `rows × cols` row-major → `cols × rows` row-major.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    for r in 0..rows {
+/// A `rows × cols` row-major matrix in the layout [`dense`] reads: for each chunk of [`LANES`] rows (outputs),
+/// column by column the chunk's [`LANES`] values (a panel, read front to back), then the remaining rows as
+/// they are.
+fn panels(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let full = rows - rows % LANES;
+    let mut out = Vec::with_capacity(m.len());
+    for chunk in (0..full).step_by(LANES) {
         for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
+            out.extend((chunk..chunk + LANES).map(|r| m[r * cols + c]));
         }
     }
-    t
+    out.extend_from_slice(&m[full * cols..]);
+    out
 }
 
-/// `b + W x` for `W` given transposed (`wt` is `x.len() × b.len()`, row-major). Every output is the same sum
-/// as the plain dot product `b[j] + Σ_i W[j][i]·x[i]` (products added in the order of `i`, starting from
-/// -0.0 like `Iterator::sum`), so results are bit for bit those of the row-major loop; walking `W` by column
-/// keeps all outputs advancing together, which the compiler vectorises, instead of one long chain of
-/// dependent additions per output.
-fn dense(wt: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+/// `b + W x` for `W` given in [`panels`]. Every output is the same sum as the plain dot product
+/// `b[j] + Σ_i W[j][i]·x[i]` (products added in the order of `i`, starting from -0.0 like `Iterator::sum`), so
+/// results are bit for bit those of the row-major loop; a panel keeps [`LANES`] outputs advancing together in
+/// vector registers, reading its weights in order, instead of one long chain of dependent additions per output.
+fn dense(wp: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
     let mut acc = vec![-0.0f32; b.len()];
-    for (xi, col) in x.iter().zip(wt.chunks_exact(b.len())) {
-        acc.iter_mut().zip(col).for_each(|(a, w)| *a += w * xi);
+    let (chunks, rest) = acc.as_chunks_mut::<LANES>();
+    let (panels, rest_rows) = wp.split_at(chunks.len() * LANES * x.len());
+    for (chunk, panel) in chunks.iter_mut().zip(panels.chunks_exact(LANES * x.len())) {
+        let mut sums = *chunk;
+        for (&xi, w) in x.iter().zip(panel.as_chunks::<LANES>().0) {
+            for (a, w) in sums.iter_mut().zip(w) {
+                *a += w * xi;
+            }
+        }
+        *chunk = sums;
+    }
+    for (a, row) in rest.iter_mut().zip(rest_rows.chunks_exact(x.len())) {
+        for (&xi, w) in x.iter().zip(row) {
+            *a += w * xi;
+        }
     }
     acc.iter_mut().zip(b).for_each(|(a, bias)| *a += bias);
     acc
@@ -656,37 +777,30 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// `Model::logits` as first written: each text row added as it is read.
-    fn reference_logits(m: &Model, enc: &Encoded, skip_feature: Option<&str>) -> Vec<f32> {
+    /// `Model::logits` as first written: each row added as it is read.
+    fn reference_logits(m: &Model, text_rows: &[u32], signal_rows: &[u32]) -> Vec<f32> {
         let d = m.config.dim;
         let mut x = vec![0f32; 2 * d];
-        let mut n = 0usize;
-        for f in enc.features.iter().filter(|f| skip_feature != Some(f.name.as_str())) {
-            for (j, a) in x[..d].iter_mut().enumerate() {
-                *a += m.text_emb[f.row as usize * d + j];
+        for (table, rows, part) in [(&m.text_emb, text_rows, 0), (&m.signal_emb, signal_rows, 1)] {
+            for &row in rows {
+                for j in 0..d {
+                    x[part * d + j] += table[row as usize * d + j];
+                }
             }
-            n += 1;
+            if !rows.is_empty() {
+                x[part * d..(part + 1) * d].iter_mut().for_each(|a| *a /= rows.len() as f32);
+            }
         }
-        if n > 0 {
-            x[..d].iter_mut().for_each(|a| *a /= n as f32);
-        }
-        for (_, row) in &enc.signals {
-            let row = &m.signal_emb[*row as usize * d..(*row as usize + 1) * d];
-            x[d..].iter_mut().zip(row).for_each(|(a, b)| *a += b);
-        }
-        if !enc.signals.is_empty() {
-            x[d..].iter_mut().for_each(|a| *a /= enc.signals.len() as f32);
-        }
-        let mut hidden = dense(&m.w1t, &m.b1, &x);
+        let mut hidden = dense(&m.w1p, &m.b1, &x);
         hidden.iter_mut().for_each(|v| *v = v.max(0.0));
-        dense(&m.w2t, &m.b2, &hidden)
+        dense(&m.w2p, &m.b2, &hidden)
     }
 
     #[test]
-    fn logits_equal_the_row_by_row_sums_on_the_shipped_model() {
+    fn logits_equal_the_row_by_row_sums_and_cached_features_the_uncached_on_the_shipped_model() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
         let model = Model::load(&dir).expect("the shipped model loads");
-        let data = fs::read_to_string(dir.join("corpus/diagnostics.jsonl")).expect("the training corpus is shipped");
+        let other = Model::load(&dir).expect("the shipped model loads");
         let signals = Signals {
             kind: Some(crate::parse::Kind::Bounce),
             status: Some("5.1.1".into()),
@@ -695,23 +809,44 @@ mod tests {
         };
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let mut checked = 0;
-        for line in data.lines() {
-            let Some(text) = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["text"].as_str().map(str::to_string))
-            else {
-                continue;
-            };
-            // the text as it is, and long enough to fill many blocks of rows (and be cut)
-            for text in [text.clone(), text.repeat(30), String::new()] {
-                let enc = model.encode(&text, &signals, true);
-                assert_eq!(bits(model.logits(&enc, None, None)), bits(reference_logits(&model, &enc, None)), "{text:?}");
-                if let Some(f) = enc.features.first() {
-                    let skip = Some(f.name.as_str());
-                    assert_eq!(bits(model.logits(&enc, skip, None)), bits(reference_logits(&model, &enc, skip)), "{text:?}");
+        for text in crate::classify::testdata::own_corpus_texts() {
+            // the text as it is, and long enough to be cut; the second model's turns empty the thread's cache
+            for (text, model) in [(text.clone(), &model), (text.repeat(30), &other), (String::new(), &model)] {
+                let named = model.encode(&text, &signals, true);
+                let plain = model.encode(&text, &signals, false);
+                assert_eq!(plain.text.rows, named.text.rows, "{text:?}");
+                assert_eq!(plain.signal_rows, named.signal_rows, "{text:?}");
+                let (rows, signal_rows) = (&named.text.rows, &named.signal_rows);
+                assert_eq!(bits(model.logits(rows, signal_rows)), bits(reference_logits(model, rows, signal_rows)));
+                if !rows.is_empty() {
+                    let (rows, signal_rows) = (&rows[1..], &signal_rows[1..]);
+                    assert_eq!(bits(model.logits(rows, signal_rows)), bits(reference_logits(model, rows, signal_rows)));
                 }
             }
             checked += 1;
         }
         assert!(checked > 100, "only {checked} texts read");
+    }
+
+    #[test]
+    fn the_word_cache_keeps_one_entry_a_word_and_starts_over_for_another_model_or_when_full() {
+        let layout = Layout { vocab: 10, buckets: 1 << 10, signal_buckets: 8 };
+        let features = |word: &str| layout.word_features(word, 0, 0, false);
+        let mut cache = WordCache::default();
+        cache.prepare(7);
+        assert_eq!(cache.entry("mailbox", || features("mailbox")), 0);
+        assert_eq!(cache.entry("full", || features("full")), 1);
+        assert_eq!(cache.entry("mailbox", || unreachable!("mailbox is cached")), 0);
+        assert_eq!(cache.entries[0], ("mailbox".into(), features("mailbox")));
+        cache.prepare(7);
+        assert_eq!(cache.entries.len(), 2, "same model: kept");
+        cache.prepare(8);
+        assert!(cache.entries.is_empty() && cache.index.is_empty(), "another model: emptied");
+        for i in 0..WORD_CACHE_WORDS {
+            cache.entry(&format!("w{i}"), || features("w"));
+        }
+        cache.prepare(8);
+        assert!(cache.entries.is_empty() && cache.index.is_empty(), "full: emptied");
     }
 
     #[test]
@@ -740,11 +875,11 @@ mod tests {
     }
 
     #[test]
-    fn dense_on_transposed_weights_is_bit_for_bit_the_row_major_dot_product() {
+    fn dense_on_panels_is_bit_for_bit_the_row_major_dot_product() {
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(6);
-        for (rows, cols) in [(96, 96), (35, 96), (1, 1), (7, 3)] {
+        for (rows, cols) in [(96, 96), (34, 96), (35, 96), (16, 3), (1, 1), (7, 3)] {
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
             let b: Vec<f32> = (0..rows).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let mut x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -752,7 +887,7 @@ mod tests {
             let plain: Vec<u32> = (0..rows)
                 .map(|j| (b[j] + w[j * cols..(j + 1) * cols].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>()).to_bits())
                 .collect();
-            let fast: Vec<u32> = dense(&transpose(&w, rows, cols), &b, &x).iter().map(|v| v.to_bits()).collect();
+            let fast: Vec<u32> = dense(&panels(&w, rows, cols), &b, &x).iter().map(|v| v.to_bits()).collect();
             assert_eq!(fast, plain, "{rows}x{cols}");
         }
     }

@@ -370,15 +370,13 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let unk = tokenizer.token_to_id(UNK_TOKEN).unwrap_or(0);
     let layout = Layout { vocab, buckets: cfg.buckets, signal_buckets: cfg.signal_buckets };
     let prepare = |text: &str, signals: &Signals, label: usize, original: bool| {
-        let mut feats = Vec::new();
         let ws = words(text);
         let ids: Vec<u32> = ws.iter().map(|w| tokenizer.token_to_id(w).unwrap_or(unk)).collect();
-        layout.text_features(&ws, &ids, unk, false, &mut feats);
         let prior = signals.prior_classification();
         let mut signal_rows = Vec::with_capacity(12);
         signals.each_token(&prior.reason, |t| signal_rows.push(layout.signal_row(t)));
         Prepared {
-            text_rows: feats.into_iter().map(|f| f.row).collect(),
+            text_rows: layout.text_features(&ws, &ids, unk, false).rows,
             signal_rows,
             prior: PriorOffsets::of(&labels, cfg.prior_weight, &prior),
             label,
