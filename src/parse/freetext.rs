@@ -665,10 +665,13 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].diagnostic.as_deref(), Some("a@example.org: Network error on destination MXs"));
         // an address line that stops at the address (or a colon) still takes the paragraph after it
-        for line in ["The following address failed: a@example.org", "a@example.org (generated from b@example.org):"] {
-            let text = format!("Delivery failed.\n\n{line}\n\n    550 5.1.1 unknown user\n");
+        for line in ["     a@example.org", "The following address failed: a@example.org", "a@example.org said:"] {
+            let text = format!(
+                "Delivery to the following recipient failed permanently:\n\n{line}\n\n\
+                 550 5.1.1 The email account that you tried to reach does not exist.\n"
+            );
             let r = recipients(&BounceText::new(&text), &ctx(&[]), false);
-            assert_eq!(r[0].recipient, "a@example.org", "{line}");
+            assert_eq!(r.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a@example.org"], "{line}");
             assert_eq!(r[0].status.as_deref(), Some("5.1.1"), "{line}");
         }
     }
