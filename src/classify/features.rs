@@ -317,14 +317,9 @@ fn ipv4s(t: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     let mut dot = None;
-    loop {
-        // A match's first run of digits is followed by a dot: none starts before the run that ends at the next
-        // dot, so the scan jumps there (most of a text has no dot to look at).
-        if dot.is_none_or(|d| d < i) {
-            let Some((start, next_dot)) = run_before_next_dot(t, i, is_decimal) else { break };
-            (i, dot) = (start, Some(next_dot));
-        }
-        let Some(c) = t[i..].chars().next() else { break };
+    // A match's first run of digits is followed by a dot (most of a text has no dot to look at).
+    while let Some((start, c)) = next_dotted_start(t, i, &mut dot, is_decimal) {
+        i = start;
         if is_decimal(c)
             && !word_before(t, i)
             && let Some(end) = dotted_decimal_at(t, i, 4)
@@ -338,13 +333,24 @@ fn ipv4s(t: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// The first `.` at or after byte `from` of `t`, and where the run of `class` characters that ends at it
-/// starts (taken no further back than `from`; the dot itself when no such character precedes it); `None`
-/// when no dot follows.
-fn run_before_next_dot(t: &str, from: usize, class: impl Fn(char) -> bool) -> Option<(usize, usize)> {
-    let dot = from + memchr::memchr(b'.', &t.as_bytes()[from..])?;
-    let run: usize = t[from..dot].chars().rev().take_while(|&c| class(c)).map(char::len_utf8).sum();
-    Some((dot - run, dot))
+/// The next place, at or after byte `from` of `t`, where a scan for matches whose first run of `class`
+/// characters is followed by a dot (IPv4 addresses, dotted names) must look, and the character there. No such
+/// match starts before the run that ends at the next dot, so the scan jumps to that run's start (taken no
+/// further back than `from`; the dot itself when no `class` character precedes it) once `from` is past the
+/// dot last found; `dot` keeps that dot between calls. `None` when no dot follows or the text ends.
+fn next_dotted_start(
+    t: &str,
+    from: usize,
+    dot: &mut Option<usize>,
+    class: impl Fn(char) -> bool,
+) -> Option<(usize, char)> {
+    let mut at = from;
+    if dot.is_none_or(|d| d < from) {
+        let next_dot = from + memchr::memchr(b'.', &t.as_bytes()[from..])?;
+        let run: usize = t[from..next_dot].chars().rev().take_while(|&c| class(c)).map(char::len_utf8).sum();
+        (at, *dot) = (next_dot - run, Some(next_dot));
+    }
+    Some((at, t[at..].chars().next()?))
 }
 
 /// The end of `\d{1,3}(?:\.\d{1,3}){parts-1}\b` matched at byte `i` of `t`, if it matches there. Each part
@@ -392,15 +398,10 @@ fn dotted_names(t: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     let mut dot = None;
-    loop {
-        // A match's first run of name characters is followed by a dot: none starts before the run that ends at
-        // the next dot, and a start before it that matches nothing ends its parts at or before that run (its
-        // first run is followed by no dot), so the scan jumps there.
-        if dot.is_none_or(|d| d < i) {
-            let Some((start, next_dot)) = run_before_next_dot(t, i, is_host_char) else { break };
-            (i, dot) = (start, Some(next_dot));
-        }
-        let Some(c) = t[i..].chars().next() else { break };
+    // A match's first run of name characters is followed by a dot, and a start before the run that ends at the
+    // next dot matches nothing (its first run is followed by no dot).
+    while let Some((start, c)) = next_dotted_start(t, i, &mut dot, is_host_char) {
+        i = start;
         if !is_host_char(c) || !word_boundary(t, i) {
             i += c.len_utf8();
             continue;

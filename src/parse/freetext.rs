@@ -243,12 +243,12 @@ fn block(lines: &[&str], start: usize, other_mention_lines: &HashSet<usize>) -> 
     (truncate(collapse_ws(&kept.join(" "))), end)
 }
 
-/// Whether a line goes on after its last address with words of its own (at least as many letters and
-/// digits as [`is_informative`] asks of a diagnostic), rather than ending at the address ("addresses that
+/// Whether a line goes on after its last address with words of its own (at least
+/// [`MIN_INFORMATIVE_CHARS`] letters and digits), rather than ending at the address ("addresses that
 /// failed: a@b.example") or a colon.
 fn says_more_after_its_addresses(line: &str) -> bool {
     let after = find_addresses(line).last().map_or("", |m| &line[m.end..]);
-    !after.trim_end().ends_with(':') && after.chars().filter(|c| c.is_alphanumeric()).count() >= 8
+    !after.trim_end().ends_with(':') && after.chars().filter(|c| c.is_alphanumeric()).count() >= MIN_INFORMATIVE_CHARS
 }
 
 fn truncate(mut s: String) -> String {
@@ -353,13 +353,17 @@ pub(crate) fn global_diagnostic(lines: &[&str]) -> Option<String> {
     Some(truncate(text)).filter(|t| !t.is_empty())
 }
 
-/// Whether a diagnostic says more than the address itself.
+/// Fewest letters and digits, besides the address, that a text needs to say something about a recipient.
+const MIN_INFORMATIVE_CHARS: usize = 8;
+
+/// Whether a diagnostic says more than the address itself (at least [`MIN_INFORMATIVE_CHARS`] letters and
+/// digits besides it).
 pub(crate) fn is_informative(diag: &str, addr: &str) -> bool {
     let without = match find_ci(diag, &addr.to_ascii_lowercase()) {
         Some(pos) => format!("{}{}", &diag[..pos], &diag[pos + addr.len()..]),
         None => diag.to_string(),
     };
-    without.chars().filter(|c| c.is_alphanumeric()).count() >= 8
+    without.chars().filter(|c| c.is_alphanumeric()).count() >= MIN_INFORMATIVE_CHARS
 }
 
 /// A bounce's text split into lines once, with the start of the copy of the returned message, if any.
