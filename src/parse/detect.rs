@@ -16,11 +16,10 @@ use super::{FeedbackReport, Kind, Parsed, Recipient, arf, autoreply, dsn, ses};
 /// Longest diagnostic kept for reports that are not bounces (ARF summary, auto-reply text).
 const MAX_SUMMARY: usize = 500;
 
-/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject), raw values
-/// for Received fields (parsing them is a good part of mail-parser's time and we only need their `for`
-/// clause, see `mime::read_original`), and no value for any other field: those are read only through
-/// `Message::header_raw`, which slices the raw message at the field's offsets (kept for ignored fields too),
-/// so copying each value into a string would be wasted work.
+/// The MIME parser: structured parsing for the headers we read (MIME, addresses, ids, subject), and no value
+/// for any other field: those are read only through `Message::header_raw` (or, for the Received fields of a
+/// returned message, `mime::read_original`), which slice the raw message at the field's offsets (kept for
+/// ignored fields too), so copying each value into a string would be wasted work.
 pub(crate) fn parser() -> &'static MessageParser {
     static PARSER: OnceLock<MessageParser> = OnceLock::new();
     PARSER.get_or_init(|| {
@@ -34,7 +33,6 @@ pub(crate) fn parser() -> &'static MessageParser {
             .header_address(HeaderName::Cc)
             .header_id(HeaderName::MessageId)
             .header_id(HeaderName::ReturnPath)
-            .header_raw(HeaderName::Received)
     })
 }
 

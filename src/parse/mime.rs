@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{Address, Message, MimeHeaders, PartType};
+use mail_parser::{Address, HeaderName, Message, MimeHeaders, PartType};
 
 use super::OriginalMessage;
 use super::text::html_to_text;
@@ -166,11 +166,15 @@ pub(crate) fn read_original(m: &Message<'_>) -> Option<Original> {
     let mut recipients = Vec::new();
     all_addresses(m.to(), &mut recipients);
     all_addresses(m.cc(), &mut recipients);
-    // Received fields are kept raw by our parser (see `detect::parser`); their `for <addr>` clause names
-    // the envelope recipient.
-    for value in m.header_values("Received") {
-        if let Some(addr) = value.as_text().and_then(received_for) {
-            recipients.push(addr);
+    // The `for <addr>` clause of a Received field names the envelope recipient. Our parser keeps no value
+    // for Received fields (see `detect::parser`: most are the report's own, never read), so each is sliced
+    // from the raw message, trimmed as mail-parser trims a raw value.
+    for h in m.headers().iter().filter(|h| h.name == HeaderName::Received) {
+        if let Some(raw) = m.raw_message.get(h.offset_start as usize..h.offset_end as usize) {
+            let value = String::from_utf8_lossy(raw);
+            if let Some(addr) = received_for(value.trim_matches([' ', '\t', '\r', '\n'])) {
+                recipients.push(addr);
+            }
         }
     }
     let mut senders = Vec::new();
@@ -295,5 +299,16 @@ mod tests {
         let v = "from a by b with esmtp id x\n\tfor <Kiji@Example.ORG>; Fri, 01 Oct 2010 19:15:19 +0900";
         assert_eq!(super::received_for(v).as_deref(), Some("kiji@example.org"));
         assert_eq!(super::received_for("from forum.example by b; date").as_deref(), None);
+    }
+
+    #[test]
+    fn received_for_clauses_are_read_from_the_raw_fields_of_a_returned_message() {
+        let headers = "Received: from a by b\r\n\tfor <Kiji@Example.ORG>; Fri, 01 Oct 2010 19:15:19 +0900\r\n\
+                       Received: from c by d; Fri, 01 Oct 2010 19:15:18 +0900\r\n\
+                       Received: from e by f for <two@example.net>;\r\n date\r\n\
+                       To: <to@example.com>\r\nSubject: hi\r\n\r\nbody";
+        let parsed = crate::parse::detect::parser().parse_headers(headers.as_bytes()).expect("headers");
+        let original = super::read_original(&parsed).expect("a returned message");
+        assert_eq!(original.recipients, ["to@example.com", "kiji@example.org", "two@example.net"]);
     }
 }
