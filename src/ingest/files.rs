@@ -106,7 +106,10 @@ impl Messages {
                 Ok(meta) if meta.is_dir() => {
                     let walk = walkdir::WalkDir::new(&root)
                         .follow_links(true)
-                        .sort_by_file_name()
+                        // By name: the entries sorted are siblings, whose paths share their parent's, so their
+                        // whole paths compare as their names do (`sort_by_file_name` splits both paths at every
+                        // comparison, 3 M instructions for a directory of 500 files).
+                        .sort_by(|a, b| a.path().as_os_str().cmp(b.path().as_os_str()))
                         .into_iter()
                         .filter_entry(not_maildir_tmp as fn(&walkdir::DirEntry) -> bool);
                     self.walk = Some((root, walk));
@@ -421,6 +424,19 @@ mod tests {
             .map(|m| String::from_utf8(m.unwrap().bytes).unwrap())
             .collect();
         assert_eq!(got, ["Subject: sent\n\n", "Subject: cur\n\n", "Subject: new\n\n", "Subject: deep\n\n"]);
+    }
+
+    #[test]
+    fn files_of_a_directory_are_read_in_the_byte_order_of_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["b", "a.b", "a", "a-b", "B", "a0", "ab"];
+        for name in names {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let got: Vec<String> = Messages::new(&[dir.path().to_path_buf()], 1000)
+            .map(|m| String::from_utf8(m.unwrap().bytes).unwrap())
+            .collect();
+        assert_eq!(got, ["B", "a", "a-b", "a.b", "a0", "ab", "b"]);
     }
 
     #[test]
