@@ -61,8 +61,14 @@ pub struct TrainConfig {
     pub buckets: u32,
     /// Rows of the signal table.
     pub signal_buckets: u32,
-    /// Learning rate (Adam).
+    /// Learning rate (Adam) at the first step.
     pub lr: f64,
+    /// Whether the learning rate falls linearly to zero over the run (as fastText does), so the last steps
+    /// settle instead of leaving the weights where the last noisy batches pushed them.
+    pub lr_decay: bool,
+    /// The weights shipped are the mean of the weights at the end of each of this many last epochs (1 = the
+    /// last epoch's weights alone): averaging along the path smooths the seed-to-seed noise of one run.
+    pub average_last: usize,
     /// Words seen fewer times than this get no vocabulary row (their character grams still count).
     pub min_word_count: u64,
     /// Class weight = (count)^-power, normalised: 0 = plain, 0.5 = between, 1 = balanced (rare reasons
@@ -219,6 +225,8 @@ impl Default for TrainConfig {
             buckets: 1 << 15,
             signal_buckets: 1 << 10,
             lr: 0.01,
+            lr_decay: false,
+            average_last: 1,
             min_word_count: 2,
             class_weight_power: 0.5,
             feature_dropout: 0.1,
@@ -432,11 +440,15 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let mut opt = AdamW::new(vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()], params)?;
 
     let mut order: Vec<usize> = (0..prepared.len() + examples.len() * cfg.augment.copies).collect();
+    let total_steps = (cfg.epochs * order.len().div_ceil(cfg.batch)) as f64;
+    let mut averaged = WeightSum::default();
     let mut step = 0u64;
-    for _epoch in 0..cfg.epochs {
+    for epoch in 0..cfg.epochs {
         let noisy = augmented(&mut augment_rng);
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch) {
+            let lr = if cfg.lr_decay { cfg.lr * (1.0 - step as f64 / total_steps) } else { cfg.lr };
+            opt.set_learning_rate(lr);
             step += 1;
             let mut text_bag = BatchBag::default();
             let mut signal_bag = BatchBag::default();
@@ -479,11 +491,14 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             let grads = loss.backward()?;
             opt.step(&grads)?;
             if let Some(g) = grads.get(gt.as_tensor()) {
-                text_emb.adam(&text_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, cfg.lr, step);
+                text_emb.adam(&text_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, lr, step);
             }
             if let Some(g) = grads.get(gs.as_tensor()) {
-                signal_emb.adam(&signal_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, cfg.lr, step);
+                signal_emb.adam(&signal_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, lr, step);
             }
+        }
+        if epoch + cfg.average_last.max(1) >= cfg.epochs {
+            averaged.add(snapshot(&text_emb, &signal_emb, [&w1, &b1, &w2, &b2])?);
         }
     }
 
@@ -499,16 +514,9 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
         prior_weight: cfg.prior_weight,
         memory_threshold: cfg.memory_threshold,
     };
-    let flat = |v: &Var| -> Result<Vec<f32>, candle_core::Error> {
-        v.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
-    };
-    let weights = Weights {
-        text_emb: text_emb.values,
-        signal_emb: signal_emb.values,
-        w1: flat(&w1)?,
-        b1: flat(&b1)?,
-        w2: flat(&w2)?,
-        b2: flat(&b2)?,
+    let weights = match averaged.mean() {
+        Some(mean) => mean,
+        None => snapshot(&text_emb, &signal_emb, [&w1, &b1, &w2, &b2])?,
     };
     let memory = Memory::build(
         prepared.iter().filter(|p| p.original).map(|p| (p.text_rows.as_slice(), p.signal_rows.as_slice(), p.label)),
@@ -516,6 +524,50 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let mut model = Model::from_parts(tokenizer, labels, config, weights).map_err(TrainError::Assemble)?;
     model.set_memory(memory);
     Ok(model)
+}
+
+/// The current weights as plain vectors.
+fn snapshot(text: &SparseTable, signal: &SparseTable, dense: [&Var; 4]) -> Result<Weights, candle_core::Error> {
+    let flat = |v: &Var| v.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+    let [w1, b1, w2, b2] = dense;
+    Ok(Weights {
+        text_emb: text.values.clone(),
+        signal_emb: signal.values.clone(),
+        w1: flat(w1)?,
+        b1: flat(b1)?,
+        w2: flat(w2)?,
+        b2: flat(b2)?,
+    })
+}
+
+/// The sum of the weights at the ends of the last epochs (`TrainConfig::average_last`).
+#[derive(Default)]
+struct WeightSum {
+    sum: Option<Weights>,
+    count: usize,
+}
+
+impl WeightSum {
+    fn add(&mut self, mut weights: Weights) {
+        self.count += 1;
+        let Some(sum) = &mut self.sum else {
+            self.sum = Some(weights);
+            return;
+        };
+        for (total, part) in sum.parts_mut().into_iter().zip(weights.parts_mut()) {
+            total.iter_mut().zip(part.iter()).for_each(|(t, x)| *t += x);
+        }
+    }
+
+    /// The mean; `None` when no epoch was added (no epochs run).
+    fn mean(self) -> Option<Weights> {
+        let mut mean = self.sum?;
+        if self.count > 1 {
+            let scale = 1.0 / self.count as f32;
+            mean.parts_mut().into_iter().flat_map(|p| p.iter_mut()).for_each(|x| *x *= scale);
+        }
+        Some(mean)
+    }
 }
 
 /// The distinct table rows a batch touches, and how often each example uses each.
@@ -690,22 +742,68 @@ mod tests {
         }
     }
 
-    #[test]
-    fn training_with_augmentation_is_deterministic() {
+    fn tiny_examples() -> Vec<Example> {
         let ex = |text: &str, label: &str| Example { text: text.into(), signals: Signals::default(), label: label.into() };
-        let examples = vec![
+        vec![
             ex("550 5.1.1 user unknown", "userunknown"),
             ex("mailbox is full", "mailboxfull"),
             ex("no such user here", "userunknown"),
             ex("quota exceeded for this mailbox", "mailboxfull"),
-        ];
-        let cfg = TrainConfig { epochs: 2, dim: 8, hidden: 8, buckets: 256, signal_buckets: 16, ..TrainConfig::default() };
-        let probs = |cfg: &TrainConfig| {
-            let model = train(&examples, label_set(&[]), cfg).expect("trains");
-            model.probabilities("the mailbox is over quota", &Signals::default())
-        };
-        assert_eq!(probs(&cfg), probs(&cfg));
+        ]
+    }
+
+    fn tiny_config() -> TrainConfig {
+        TrainConfig { epochs: 2, dim: 8, hidden: 8, buckets: 256, signal_buckets: 16, ..TrainConfig::default() }
+    }
+
+    fn probabilities_after_training(cfg: &TrainConfig) -> Vec<f32> {
+        let model = train(&tiny_examples(), label_set(&[]), cfg).expect("trains");
+        model.probabilities("the mailbox is over quota", &Signals::default())
+    }
+
+    #[test]
+    fn training_with_augmentation_is_deterministic() {
+        let cfg = tiny_config();
+        assert_eq!(probabilities_after_training(&cfg), probabilities_after_training(&cfg));
         let plain = TrainConfig { augment: Augment { copies: 0, ..Augment::default() }, ..cfg.clone() };
-        assert_ne!(probs(&cfg), probs(&plain), "the noisy copies change training");
+        assert_ne!(probabilities_after_training(&cfg), probabilities_after_training(&plain), "the noisy copies change training");
+    }
+
+    #[test]
+    fn learning_rate_decay_and_weight_averaging_change_training_deterministically() {
+        let base = TrainConfig { epochs: 3, ..tiny_config() };
+        let decayed = TrainConfig { lr_decay: true, ..base.clone() };
+        let averaged = TrainConfig { average_last: 3, ..base.clone() };
+        for cfg in [&decayed, &averaged] {
+            let p = probabilities_after_training(cfg);
+            assert_eq!(p, probabilities_after_training(cfg));
+            assert_ne!(p, probabilities_after_training(&base));
+            assert!(p.iter().all(|x| x.is_finite()));
+        }
+        // No epoch at all ships the initial weights rather than failing.
+        assert!(train(&tiny_examples(), label_set(&[]), &TrainConfig { epochs: 0, ..base }).is_ok());
+    }
+
+    #[test]
+    fn the_weight_sum_averages_element_wise() {
+        let weights = |x: f32| Weights {
+            text_emb: vec![x, 2.0 * x],
+            signal_emb: vec![x],
+            w1: vec![x],
+            b1: vec![x],
+            w2: vec![x],
+            b2: vec![-x],
+        };
+        assert!(WeightSum::default().mean().is_none());
+        let mut sum = WeightSum::default();
+        for x in [1.0, 2.0, 6.0] {
+            sum.add(weights(x));
+        }
+        let mut mean = sum.mean().expect("three epochs added");
+        let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6);
+        let mut want = weights(3.0);
+        for (got, want) in mean.parts_mut().into_iter().zip(want.parts_mut()) {
+            assert!(close(got, want), "{got:?} against {want:?}");
+        }
     }
 }
