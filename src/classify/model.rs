@@ -173,13 +173,6 @@ pub struct Weights {
     pub b2: Vec<f32>,
 }
 
-impl Weights {
-    /// Every tensor, in declaration order, for element-wise work over all of them.
-    pub fn parts_mut(&mut self) -> [&mut Vec<f32>; 6] {
-        [&mut self.text_emb, &mut self.signal_emb, &mut self.w1, &mut self.b1, &mut self.w2, &mut self.b2]
-    }
-}
-
 /// Features and signal rows of one input, ready for the network.
 pub struct Encoded {
     /// Text features (with their names when encoded with names).

@@ -79,12 +79,12 @@ pub struct TrainOptions {
     /// Embedding width.
     #[arg(long, default_value_t = TrainConfig::default().dim)]
     pub dim: usize,
-    /// Let the learning rate fall linearly to zero over the run.
-    #[arg(long)]
+    /// Learning rate at the first step.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    /// Whether the learning rate falls linearly to zero over the run (`--lr-decay false`: constant).
+    #[arg(long, default_value_t = TrainConfig::default().lr_decay, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub lr_decay: bool,
-    /// Ship the mean of the weights at the ends of this many last epochs (1 = the last epoch's weights).
-    #[arg(long, default_value_t = TrainConfig::default().average_last)]
-    pub average_last: usize,
     /// Class weight exponent: 0 plain, 1 balanced.
     #[arg(long, default_value_t = TrainConfig::default().class_weight_power)]
     pub class_weight_power: f32,
@@ -118,8 +118,8 @@ impl TrainOptions {
             seed: self.seed,
             epochs: self.epochs,
             dim: self.dim,
+            lr: self.lr,
             lr_decay: self.lr_decay,
-            average_last: self.average_last,
             class_weight_power: self.class_weight_power,
             prior_weight: self.prior_weight,
             memory_threshold: self.memory_threshold,
