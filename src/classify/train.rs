@@ -4,7 +4,8 @@
 //! are large and sparse (a batch touches a few thousand of ~40,000 rows), so each step gathers the touched
 //! rows into a small candle `Var`, lets autograd compute their gradient, and applies a lazy (sparse) Adam
 //! update to those rows only — the same arithmetic as dense Adam on the rows that have a gradient, without
-//! touching the rest of the table.
+//! touching the rest of the table. The learning rate of both falls linearly from `lr` to zero over the run
+//! (as in fastText), so training ends settled rather than wherever the last batches pushed the weights.
 //!
 //! Augmentation (deterministic for the seed): every example is also seen with its status codes stripped from
 //! the text and its status and reply code removed from the signals, so the model does not lean on codes a text
@@ -61,8 +62,11 @@ pub struct TrainConfig {
     pub buckets: u32,
     /// Rows of the signal table.
     pub signal_buckets: u32,
-    /// Learning rate (Adam).
+    /// Learning rate (Adam) at the first step.
     pub lr: f64,
+    /// Whether the learning rate falls linearly to zero over the run (as fastText does), so the last steps
+    /// settle instead of leaving the weights where the last noisy batches pushed them.
+    pub lr_decay: bool,
     /// Words seen fewer times than this get no vocabulary row (their character grams still count).
     pub min_word_count: u64,
     /// Class weight = (count)^-power, normalised: 0 = plain, 0.5 = between, 1 = balanced (rare reasons
@@ -219,6 +223,7 @@ impl Default for TrainConfig {
             buckets: 1 << 15,
             signal_buckets: 1 << 10,
             lr: 0.01,
+            lr_decay: true,
             min_word_count: 2,
             class_weight_power: 0.5,
             feature_dropout: 0.1,
@@ -432,11 +437,14 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
     let mut opt = AdamW::new(vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()], params)?;
 
     let mut order: Vec<usize> = (0..prepared.len() + examples.len() * cfg.augment.copies).collect();
+    let total_steps = (cfg.epochs * order.len().div_ceil(cfg.batch)) as f64;
     let mut step = 0u64;
     for _epoch in 0..cfg.epochs {
         let noisy = augmented(&mut augment_rng);
         order.shuffle(&mut rng);
         for batch in order.chunks(cfg.batch) {
+            let lr = if cfg.lr_decay { cfg.lr * (1.0 - step as f64 / total_steps) } else { cfg.lr };
+            opt.set_learning_rate(lr);
             step += 1;
             let mut text_bag = BatchBag::default();
             let mut signal_bag = BatchBag::default();
@@ -479,10 +487,10 @@ pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Res
             let grads = loss.backward()?;
             opt.step(&grads)?;
             if let Some(g) = grads.get(gt.as_tensor()) {
-                text_emb.adam(&text_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, cfg.lr, step);
+                text_emb.adam(&text_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, lr, step);
             }
             if let Some(g) = grads.get(gs.as_tensor()) {
-                signal_emb.adam(&signal_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, cfg.lr, step);
+                signal_emb.adam(&signal_bag.rows, &g.flatten_all()?.to_vec1::<f32>()?, lr, step);
             }
         }
     }
@@ -690,22 +698,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn training_with_augmentation_is_deterministic() {
+    fn tiny_examples() -> Vec<Example> {
         let ex = |text: &str, label: &str| Example { text: text.into(), signals: Signals::default(), label: label.into() };
-        let examples = vec![
+        vec![
             ex("550 5.1.1 user unknown", "userunknown"),
             ex("mailbox is full", "mailboxfull"),
             ex("no such user here", "userunknown"),
             ex("quota exceeded for this mailbox", "mailboxfull"),
-        ];
-        let cfg = TrainConfig { epochs: 2, dim: 8, hidden: 8, buckets: 256, signal_buckets: 16, ..TrainConfig::default() };
-        let probs = |cfg: &TrainConfig| {
-            let model = train(&examples, label_set(&[]), cfg).expect("trains");
-            model.probabilities("the mailbox is over quota", &Signals::default())
-        };
-        assert_eq!(probs(&cfg), probs(&cfg));
+        ]
+    }
+
+    fn tiny_config() -> TrainConfig {
+        TrainConfig { epochs: 2, dim: 8, hidden: 8, buckets: 256, signal_buckets: 16, ..TrainConfig::default() }
+    }
+
+    fn probabilities_after_training(cfg: &TrainConfig) -> Vec<f32> {
+        let model = train(&tiny_examples(), label_set(&[]), cfg).expect("trains");
+        model.probabilities("the mailbox is over quota", &Signals::default())
+    }
+
+    #[test]
+    fn training_with_augmentation_is_deterministic() {
+        let cfg = tiny_config();
+        assert_eq!(probabilities_after_training(&cfg), probabilities_after_training(&cfg));
         let plain = TrainConfig { augment: Augment { copies: 0, ..Augment::default() }, ..cfg.clone() };
-        assert_ne!(probs(&cfg), probs(&plain), "the noisy copies change training");
+        assert_ne!(probabilities_after_training(&cfg), probabilities_after_training(&plain), "the noisy copies change training");
+    }
+
+    #[test]
+    fn the_learning_rate_decay_changes_training_deterministically() {
+        let decayed = TrainConfig { lr_decay: true, ..tiny_config() };
+        let constant = TrainConfig { lr_decay: false, ..tiny_config() };
+        let p = probabilities_after_training(&decayed);
+        assert_eq!(p, probabilities_after_training(&decayed));
+        assert_ne!(p, probabilities_after_training(&constant));
+        assert!(p.iter().all(|x| x.is_finite()));
     }
 }

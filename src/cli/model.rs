@@ -79,6 +79,12 @@ pub struct TrainOptions {
     /// Embedding width.
     #[arg(long, default_value_t = TrainConfig::default().dim)]
     pub dim: usize,
+    /// Learning rate at the first step.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    /// Whether the learning rate falls linearly to zero over the run (`--lr-decay false`: constant).
+    #[arg(long, default_value_t = TrainConfig::default().lr_decay, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub lr_decay: bool,
     /// Class weight exponent: 0 plain, 1 balanced.
     #[arg(long, default_value_t = TrainConfig::default().class_weight_power)]
     pub class_weight_power: f32,
@@ -112,6 +118,8 @@ impl TrainOptions {
             seed: self.seed,
             epochs: self.epochs,
             dim: self.dim,
+            lr: self.lr,
+            lr_decay: self.lr_decay,
             class_weight_power: self.class_weight_power,
             prior_weight: self.prior_weight,
             memory_threshold: self.memory_threshold,
