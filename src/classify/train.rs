@@ -241,6 +241,9 @@ pub enum TrainError {
     /// There is nothing to learn from.
     #[error("no training examples")]
     NoExamples,
+    /// The learning rate is zero, negative or not a number.
+    #[error("learning rate {0} must be a finite number above 0")]
+    LearningRate(f64),
     /// An example names a label that is neither a built-in reason nor a declared category.
     #[error("example {index} has unknown label {label:?} (not a reason of the taxonomy nor a declared category)")]
     UnknownLabel {
@@ -335,6 +338,9 @@ pub fn label_set(custom: &[Label]) -> Vec<Label> {
 pub fn train(examples: &[Example], labels: Vec<Label>, cfg: &TrainConfig) -> Result<Model, TrainError> {
     if examples.is_empty() {
         return Err(TrainError::NoExamples);
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(TrainError::LearningRate(cfg.lr));
     }
     let index: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
     let mut counts = vec![0usize; labels.len()];
@@ -733,5 +739,9 @@ mod tests {
         assert_eq!(p, probabilities_after_training(&decayed));
         assert_ne!(p, probabilities_after_training(&constant));
         assert!(p.iter().all(|x| x.is_finite()));
+        for lr in [0.0, -0.01, f64::NAN, f64::INFINITY] {
+            let err = train(&tiny_examples(), label_set(&[]), &TrainConfig { lr, ..tiny_config() }).err();
+            assert!(matches!(err, Some(TrainError::LearningRate(_))), "{lr}: {err:?}");
+        }
     }
 }
