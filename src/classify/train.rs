@@ -106,7 +106,7 @@ pub struct Augment {
 
 impl Default for Augment {
     fn default() -> Self {
-        Augment { copies: 1, synonym: 0.5, typo: 0.15, word_dropout: 0.1, keep_codes: 0.5 }
+        Augment { copies: 2, synonym: 0.5, typo: 0.15, word_dropout: 0.1, keep_codes: 0.5 }
     }
 }
 
